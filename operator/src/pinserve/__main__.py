@@ -1,0 +1,3 @@
+from pinserve.cli import main
+
+raise SystemExit(main())

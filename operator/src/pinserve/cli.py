@@ -1,0 +1,111 @@
+"""`pinserve run | topology | render | bench | agent | fetch-model`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pinserve import __version__
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import kopf  # noqa: PLC0415  (the other commands must not pay for kopf's import)
+
+    import pinserve.handlers  # noqa: F401, PLC0415  (registers the handlers)
+    from pinserve.settings import Settings  # noqa: PLC0415
+
+    namespaces = Settings.from_env().namespaces
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+def _cmd_topology(args: argparse.Namespace) -> int:
+    from pinserve.topology_report import machine_report, render_text  # noqa: PLC0415
+
+    report = machine_report(args.sysfs_root)
+    print(json.dumps(report, indent=2) if args.json else render_text(report))
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from pinserve.api import InvalidSpecError  # noqa: PLC0415
+    from pinserve.offline import render_documents  # noqa: PLC0415
+    from pinserve.planning import PlanError  # noqa: PLC0415
+
+    text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d]
+        objects, notes = render_documents(docs, args.topology)
+    except (InvalidSpecError, PlanError, ValueError, yaml.YAMLError) as exc:
+        field = getattr(exc, "field", None)
+        print(f"error: {exc}" if field is None or str(exc).startswith(field) else f"error: {field}: {exc}",
+              file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"# {note}", file=sys.stderr)
+    sys.stdout.write(yaml.dump_all(objects, Dumper=_PlainDumper, sort_keys=False))
+    return 0
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """No &anchors/*aliases: rendered manifests are read by people and by kubectl."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
+    from pinserve.bench.cli import main as bench_main  # noqa: PLC0415
+
+    return bench_main(rest)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pinserve", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pinserve {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator (kopf), cluster-wide or in PINSERVE_NAMESPACES")
+    run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf's liveness endpoint")
+
+    topo = sub.add_parser("topology", help="this machine's CPU topology and the thread settings pinserve uses")
+    topo.add_argument("--sysfs-root", default="/", help="a filesystem root holding sys/ (or a sysfs root)")
+    topo.add_argument("--json", action="store_true", help="machine-readable output")
+
+    render = sub.add_parser("render", help="print the objects a ModelServer would create, without a cluster")
+    render.add_argument("-f", "--filename", required=True, help="ModelServer YAML ('-' for stdin)")
+    render.add_argument("--topology", help="node topology: a pinserve.io/cpu-topology JSON file or a sysfs root; "
+                        "default: one node of unknown topology with room for anything")
+
+    sub.add_parser("bench", help="benchmark a TensorFlow Serving endpoint (see `pinserve bench --help`)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        return _cmd_bench(argparse.Namespace(), argv[1:])
+    args = _parser().parse_args(argv)
+    handlers: dict[str, Any] = {
+        "run": _cmd_run,
+        "topology": _cmd_topology,
+        "render": _cmd_render,
+    }
+    result: int = handlers[args.command](args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

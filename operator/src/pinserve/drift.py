@@ -1,0 +1,43 @@
+"""Is a live object still what we applied?  A pure, tolerant subset comparison.
+
+The API server adds defaults and other controllers add fields, so "in sync" means every
+field we render is present in the live object with our value.  Lists of named items
+(containers, env, ports, volumes) are matched by name, other lists position by position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# Values the API server normalises: compare them as the server writes them.
+_SERVER_NORMALISED = {"defaultMode"}
+
+
+def _named(items: Sequence[Any]) -> bool:
+    return bool(items) and all(isinstance(i, Mapping) and "name" in i for i in items)
+
+
+def contains(live: Any, desired: Any) -> bool:
+    """True when ``desired`` is a subset of ``live``."""
+    if isinstance(desired, Mapping):
+        if not isinstance(live, Mapping):
+            return False
+        return all(
+            key in _SERVER_NORMALISED or (key in live and contains(live[key], value))
+            for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        if not isinstance(live, list):
+            return False
+        if _named(desired) and _named(live):
+            by_name = {item["name"]: item for item in live}
+            return all(
+                item["name"] in by_name and contains(by_name[item["name"]], item) for item in desired
+            )
+        return len(live) == len(desired) and all(contains(a, b) for a, b in zip(live, desired, strict=True))
+    if isinstance(desired, bool) or isinstance(live, bool):
+        return live is desired
+    if isinstance(desired, int | float) and isinstance(live, int | float):
+        return live == desired
+    return str(live) == str(desired)

@@ -1,0 +1,183 @@
+"""The reconcile core, pure: a ModelServer and what we observe -> what to apply and the status.
+
+Handlers gather the observations from kopf indices, call ``reconcile`` and carry out the
+Outcome; nothing in here performs I/O, so every branch is table-tested without a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pinserve import benchflow
+from pinserve.api import InvalidSpecError, ModelServer, parse_modelserver
+from pinserve.drift import contains
+from pinserve.pinning import PodView, pinned_condition, pod_view
+from pinserve.planning import NodeInfo, Placement, PlanError, plan
+from pinserve.render import render_children
+from pinserve.render.service import endpoints
+from pinserve.settings import Settings
+from pinserve.status import Condition, desired_status
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Live children of one ModelServer, keyed by (kind, name), plus its pods and benchmark jobs."""
+
+    children: Mapping[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
+    pods: Sequence[Mapping[str, Any]] = ()
+    jobs: Sequence[Mapping[str, Any]] = ()
+    bench_pods: Sequence[Mapping[str, Any]] = ()
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    apply: list[dict[str, Any]]
+    status: dict[str, Any]
+    events: list[EventSpec]
+    delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
+    modelserver: ModelServer | None = None
+    placement: Placement | None = None
+
+
+def out_of_sync(desired: Sequence[Mapping[str, Any]], observed: Observed) -> list[dict[str, Any]]:
+    stale = []
+    for obj in desired:
+        live = observed.children.get((obj["kind"], obj["metadata"]["name"]))
+        if live is None or not contains(live, obj):
+            stale.append(dict(obj))
+    return stale
+
+
+def _deployment_ready(
+    ms: ModelServer, deployment: Mapping[str, Any] | None, rolling: bool, pods: Sequence[PodView],
+    raw_pods: Sequence[Mapping[str, Any]],
+) -> Condition:
+    want = ms.spec.replicas
+    if deployment is None:
+        return Condition("Ready", "False", "Deploying", "creating the serving Deployment")
+    status = deployment.get("status") or {}
+    ready = int(status.get("readyReplicas") or 0)
+    if rolling:
+        return Condition("Ready", "False", "RollingOut", "applying a new revision of the Deployment")
+    if want == 0:
+        return Condition("Ready", "True", "ScaledToZero", "spec.replicas is 0")
+    problem = _pod_problem(raw_pods)
+    generation = (deployment.get("metadata") or {}).get("generation", 0)
+    if int(status.get("observedGeneration") or 0) < int(generation):
+        return Condition("Ready", "False", "RollingOut", "the Deployment controller has not caught up yet")
+    if ready >= want and int(status.get("updatedReplicas") or 0) >= want:
+        return Condition("Ready", "True", "Available", f"{ready}/{want} replicas ready")
+    if problem is not None:
+        return problem
+    return Condition("Ready", "False", "PodsNotReady", f"{ready}/{want} replicas ready")
+
+
+def _pod_problem(pods: Sequence[Mapping[str, Any]]) -> Condition | None:
+    """The first pod-level reason a person should act on: model fetch failure, unschedulable."""
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "")
+        status = pod.get("status") or {}
+        for cs in status.get("initContainerStatuses") or []:
+            state = cs.get("state") or {}
+            last = cs.get("lastState") or {}
+            term = state.get("terminated") or last.get("terminated") or {}
+            if term and term.get("exitCode", 0) != 0:
+                message = (term.get("message") or term.get("reason") or "failed").strip()
+                return Condition("Ready", "False", "ModelFetchFailed",
+                                 f"pod {name}: init container {cs.get('name')} failed: {message}")
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                return Condition("Ready", "False", "Unschedulable",
+                                 f"pod {name}: {cond.get('message') or cond.get('reason')}")
+    return None
+
+
+def _transitions(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[EventSpec]:
+    before = {c.get("type"): (c.get("status"), c.get("reason")) for c in old}
+    events = []
+    for cond in new:
+        if before.get(cond["type"]) == (cond["status"], cond["reason"]):
+            continue
+        # Unknown is a waiting state, and a measured benchmark has its own headline Event.
+        if cond["status"] == "Unknown" or (cond["type"] == "Benchmarked" and cond["status"] == "True"):
+            continue
+        normal = cond["status"] == "True" or cond["reason"] == "Disabled"
+        kind = "Normal" if normal else "Warning"
+        events.append(EventSpec(kind, cond["reason"], f"{cond['type']}={cond['status']}: {cond['message']}"))
+    return events
+
+
+def reconcile(
+    body: Mapping[str, Any],
+    nodes: Sequence[NodeInfo],
+    observed: Observed,
+    settings: Settings,
+    now: str,
+) -> Outcome:
+    meta = body.get("metadata") or {}
+    generation = int(meta.get("generation") or 1)
+    current = body.get("status") or {}
+    old_conditions = current.get("conditions") or []
+
+    def finish(conditions: list[Condition], fields: dict[str, Any], **kw: Any) -> Outcome:
+        status = desired_status(current, generation=generation, conditions=conditions, fields=fields, now=now)
+        return Outcome(status=status, events=_transitions(old_conditions, status["conditions"]), **kw)
+
+    try:
+        ms = parse_modelserver(body)
+    except InvalidSpecError as exc:
+        bad = [
+            Condition("Ready", "False", "InvalidSpec", str(exc)),
+            Condition("Placed", "False", "InvalidSpec", f"not planned: {exc}"),
+        ]
+        return finish(bad, {}, apply=[])
+
+    deployment = observed.children.get(("Deployment", ms.ref.name))
+    pods = [pod_view(p) for p in observed.pods]
+    by_name = {n.name: n for n in nodes}
+    fields: dict[str, Any] = {
+        "replicas": int(((deployment or {}).get("status") or {}).get("replicas") or 0),
+        "readyReplicas": int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0),
+        "pods": [p.to_status(by_name) for p in sorted(pods, key=lambda p: p.name) if not p.deleting],
+    }
+    try:
+        placement = plan(ms.spec, nodes, settings)
+    except PlanError as exc:
+        conditions = [Condition("Placed", "False", exc.reason, exc.message)]
+        ready = _deployment_ready(ms, deployment, False, pods, observed.pods)
+        if deployment is None:
+            ready = Condition("Ready", "False", "NotPlaced", exc.message)
+        conditions.append(ready)
+        return finish(conditions, fields, apply=[], modelserver=ms)
+
+    desired = render_children(ms, placement, settings)
+    stale = out_of_sync(desired, observed)
+    rolling = any(obj["kind"] == "Deployment" for obj in stale)
+    ready = _deployment_ready(ms, deployment, rolling, pods, observed.pods)
+    fields.update(placement=placement.to_status(), endpoints=endpoints(ms))
+    conditions = [
+        Condition("Placed", "True", "Planned",
+                  f"{placement.physical_cores} physical cores = {placement.cpu_request} CPUs per replica; "
+                  f"{len(placement.candidate_nodes)} node(s) can hold it"),
+        ready,
+        pinned_condition(pods, by_name, placement.cpu_request),
+    ]
+    bench = benchflow.evaluate(
+        ms, placement, ready, observed.jobs, current.get("benchmark"), settings, observed.bench_pods
+    )
+    conditions.append(bench.condition)
+    if bench.status is not None:
+        fields["benchmark"] = bench.status
+    stale.extend(bench.apply)
+    outcome = finish(conditions, fields, apply=stale, delete=bench.delete, modelserver=ms, placement=placement)
+    outcome.events.extend(EventSpec(e.type, e.reason, e.message) for e in bench.events)
+    return outcome

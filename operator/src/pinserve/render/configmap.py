@@ -1,0 +1,44 @@
+"""The ConfigMap the server container reads: start script and TF Serving text configs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pinserve.api import ModelServer
+from pinserve.planning import DEFAULT_INTER_OP, DEFAULT_KMP_BLOCKTIME, Placement
+from pinserve.render.common import METRICS_PATH, config_map_name, metadata
+from pinserve.render.script import render_start_script
+from pinserve.render.text import render_text
+
+START_SCRIPT = "start.sh"
+BATCHING_CONFIG = "batching.pbtxt"
+MONITORING_CONFIG = "monitoring.pbtxt"
+
+
+def config_data(ms: ModelServer, placement: Placement) -> dict[str, str]:
+    data = {
+        START_SCRIPT: render_start_script(
+            default_inter_op=DEFAULT_INTER_OP, default_kmp_blocktime=DEFAULT_KMP_BLOCKTIME
+        ),
+        MONITORING_CONFIG: render_text("monitoring.pbtxt.j2", metrics_path=METRICS_PATH),
+    }
+    batching = ms.spec.server.batching
+    if batching is not None:
+        data[BATCHING_CONFIG] = render_text(
+            "batching.pbtxt.j2",
+            max_batch_size=batching.max_batch_size,
+            batch_timeout_micros=batching.batch_timeout_micros,
+            max_enqueued_batches=batching.max_enqueued_batches,
+            # One batch thread per physical core is TF Serving's own advice for CPUs.
+            num_batch_threads=batching.num_batch_threads or placement.physical_cores,
+        )
+    return data
+
+
+def render_config_map(ms: ModelServer, placement: Placement) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(ms, config_map_name(ms), "server"),
+        "data": config_data(ms, placement),
+    }

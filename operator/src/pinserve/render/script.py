@@ -1,0 +1,47 @@
+"""The server container's start script: counts the physical cores it really got, then execs TF Serving.
+
+The counting happens in the pod, not in the operator, because only the pod knows which CPUs the
+kubelet's static CPU manager handed it (see templates/start.sh.j2 for the environment contract and
+the log-line format).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import jinja2
+
+TEMPLATE = "start.sh.j2"
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # shell, never HTML
+    )
+
+
+def render_start_script(*, default_inter_op: int = 2, default_kmp_blocktime: int = 1) -> str:
+    """Render the POSIX sh start script with the given baked-in thread defaults.
+
+    Both values land unquoted in shell arithmetic, so only plain non-negative ints are accepted.
+    """
+    # bool is an int subclass; True would render as "True" and break the script.
+    if isinstance(default_inter_op, bool) or not isinstance(default_inter_op, int) or default_inter_op < 1:
+        raise ValueError(f"default_inter_op must be an int >= 1, got {default_inter_op!r}")
+    if (
+        isinstance(default_kmp_blocktime, bool)
+        or not isinstance(default_kmp_blocktime, int)
+        or default_kmp_blocktime < 0
+    ):
+        raise ValueError(f"default_kmp_blocktime must be an int >= 0, got {default_kmp_blocktime!r}")
+    return (
+        _environment()
+        .get_template(TEMPLATE)
+        .render(default_inter_op=default_inter_op, default_kmp_blocktime=default_kmp_blocktime)
+    )

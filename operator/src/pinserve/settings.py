@@ -1,0 +1,55 @@
+"""Operator settings, read once from the environment (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pinserve import __version__
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    server_image: str = "tensorflow/serving:mkl"
+    operator_image: str = f"pinserve/operator:{__version__}"
+    bench_image: str = f"pinserve/bench:{__version__}"
+    # Empty means every namespace.
+    namespaces: tuple[str, ...] = ()
+    resync_seconds: int = 60
+    keep_bench_jobs: int = 3
+    bench_retries: int = 2
+    # Without the node agent we cannot see SMT; one thread per core is the assumption
+    # that never asks the kubelet for half a core.
+    assumed_threads_per_core: int = 1
+    fetch_cpu: int = 1
+    fetch_memory: str = "512Mi"
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        default = cls()
+        namespaces = tuple(n.strip() for n in env.get("PINSERVE_NAMESPACES", "").split(",") if n.strip())
+        return cls(
+            server_image=env.get("PINSERVE_SERVER_IMAGE") or default.server_image,
+            operator_image=env.get("PINSERVE_OPERATOR_IMAGE") or default.operator_image,
+            bench_image=env.get("PINSERVE_BENCH_IMAGE") or default.bench_image,
+            namespaces=namespaces,
+            resync_seconds=_int(env, "PINSERVE_RESYNC_SECONDS", default.resync_seconds),
+            keep_bench_jobs=_int(env, "PINSERVE_KEEP_BENCH_JOBS", default.keep_bench_jobs),
+            bench_retries=_int(env, "PINSERVE_BENCH_RETRIES", default.bench_retries),
+            assumed_threads_per_core=_int(
+                env, "PINSERVE_ASSUMED_THREADS_PER_CORE", default.assumed_threads_per_core
+            ),
+        )

@@ -1,0 +1,121 @@
+"""The integration tier's control plane as a session fixture.
+
+``cluster`` starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and KWOK through
+tools/cluster.py (simulated nodes from tools/fakenodes.py) and stops them at the end of the session.
+
+Environment:
+  PINSERVE_KUBECONFIG          use that cluster instead of starting one (never stopped, no nodes added)
+  PINSERVE_CLUSTER_STATE_DIR   state directory of the started cluster (default
+                               ~/.cache/pinserve/cluster-pytest); a healthy cluster running there is reused
+  PINSERVE_KEEP_CLUSTER=1      leave the cluster running after the session (fast re-runs)
+  PINSERVE_BUILD_TESTBIN=1     build missing binaries with tools/testbin.sh before the session (always in CI)
+  CI=true                      a control plane that cannot start fails the tests instead of skipping them
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TOOLS_DIR = Path(__file__).resolve().parents[2] / "tools"
+if str(TOOLS_DIR) not in sys.path:
+    sys.path.insert(0, str(TOOLS_DIR))
+
+import cluster as cluster_tools  # noqa: E402
+
+_build_error: str | None = None
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build missing binaries before any test runs (outside the per-test timeout), in CI or when asked."""
+    global _build_error  # noqa: PLW0603
+    if os.environ.get("PINSERVE_KUBECONFIG") or cluster_tools.cached_bin_dir() is not None:
+        return
+    if not (in_ci() or _truthy("PINSERVE_BUILD_TESTBIN")):
+        return
+    if not any(item.get_closest_marker("integration") for item in session.items):
+        return
+    try:
+        cluster_tools.build_binaries()
+    except cluster_tools.ClusterError as exc:
+        _build_error = str(exc)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[cluster_tools.IntegrationCluster]:
+    external = os.environ.get("PINSERVE_KUBECONFIG")
+    if external:
+        bin_dir = cluster_tools.cached_bin_dir()
+        if bin_dir is None:
+            found = shutil.which("kubectl")
+            bin_dir = Path(found).parent if found else None
+        if bin_dir is None:
+            pytest.fail(
+                "PINSERVE_KUBECONFIG is set but no kubectl was found (run tools/testbin.sh)", pytrace=False
+            )
+        handle = cluster_tools.IntegrationCluster(Path(external), bin_dir)
+        probe = handle.kubectl("get", "--raw", "/readyz", check=False, timeout=20)
+        if probe.returncode != 0:
+            pytest.fail(
+                f"the cluster of PINSERVE_KUBECONFIG={external} is not ready: {probe.stderr.strip()}",
+                pytrace=False,
+            )
+        yield handle
+        return
+
+    bin_dir = cluster_tools.cached_bin_dir()
+    if bin_dir is None:
+        reason = (
+            f"control plane binaries are not built (expected in {cluster_tools.expected_bin_dir()}); "
+            "run tools/testbin.sh"
+        )
+        if _build_error:
+            reason += f"; building them failed: {_build_error}"
+        if in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+
+    state_dir = os.environ.get("PINSERVE_CLUSTER_STATE_DIR")
+    local = cluster_tools.LocalCluster(
+        Path(state_dir) if state_dir else cluster_tools.cache_root() / "cluster-pytest", bin_dir
+    )
+    try:
+        local.up(build=False)
+    except (cluster_tools.ClusterError, OSError) as exc:
+        pytest.fail(f"the local control plane did not start: {exc}", pytrace=False)
+    try:
+        yield cluster_tools.IntegrationCluster(local.kubeconfig, bin_dir, local)
+    finally:
+        if _truthy("PINSERVE_KEEP_CLUSTER"):
+            cluster_tools.log(f"PINSERVE_KEEP_CLUSTER set: leaving the cluster in {local.state_dir} running")
+        else:
+            local.down()
+
+
+@pytest.fixture
+def namespace(cluster: cluster_tools.IntegrationCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted (without waiting) afterwards."""
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    name = f"t-{base}-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    cluster.wait_for(
+        f"the default ServiceAccount in {name}",
+        lambda: True if cluster.exists("serviceaccount", "default", "-n", name) else None,
+        timeout=30,
+    )
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
