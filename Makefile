@@ -1,0 +1,65 @@
+# pinserve — the tasks a newcomer needs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PINSERVE_CACHE ?= $(HOME)/.cache/pinserve
+
+.PHONY: help install lint fmt testbin test unit integration e2e demo demo-down bench cluster-up cluster-down manifests clean
+
+help: ## list the tasks
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv with pinserve and its dev/bench dependencies
+
+lint: install ## ruff and mypy (strict)
+	$(BIN)/ruff check operator tests tools
+	$(BIN)/mypy
+
+fmt: install ## apply ruff's fixes
+	$(BIN)/ruff check --fix operator tests tools
+
+testbin: ## build or reuse etcd, kube-apiserver & co, kwok, helm (cached under ~/.cache/pinserve)
+	bash tools/testbin.sh >/dev/null
+
+test: install testbin lint ## everything CI runs: lint, unit and integration tests (e2e skips without Docker)
+	PINSERVE_BIN_DIR=$$(bash tools/testbin.sh 2>/dev/null) $(BIN)/pytest -m "unit or integration or e2e" tests
+
+unit: install ## unit tests only (seconds)
+	$(BIN)/pytest -m unit tests
+
+integration: install testbin ## integration tests against the local control plane
+	PINSERVE_BIN_DIR=$$(bash tools/testbin.sh 2>/dev/null) $(BIN)/pytest -m integration tests
+
+e2e: install ## kind + real TensorFlow Serving (needs Docker)
+	$(BIN)/pytest -m e2e tests/e2e
+
+demo: install ## run pinserve: kind with Docker, else the local simulated control plane
+	bash tools/demo.sh
+
+demo-down: ## stop what `make demo` started
+	bash tools/demo.sh down
+
+bench: install testbin ## print benchmark figures: render, bench client cost, operator at scale
+	PINSERVE_BIN_DIR=$$(bash tools/testbin.sh 2>/dev/null) bash tools/bench.sh
+
+cluster-up: install testbin ## start the local control plane (etcd, apiserver, KWOK nodes)
+	PATH=$$(bash tools/testbin.sh 2>/dev/null):$$PATH $(BIN)/python tools/cluster.py up
+
+cluster-down: ## stop the local control plane
+	$(BIN)/python tools/cluster.py down
+
+manifests: install testbin ## regenerate manifests/install.yaml and the chart's CRD copy
+	PATH=$$(bash tools/testbin.sh 2>/dev/null):$$PATH bash tools/gen_manifests.sh
+
+clean: ## remove the virtualenv and caches in the repo (not ~/.cache/pinserve)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
