@@ -145,9 +145,7 @@ def test_every_container_has_requests_equal_limits(set_args: tuple[str, ...]) ->
 
 
 def test_unequal_resources_are_refused() -> None:
-    proc = run_helm(
-        "template", "pinserve", str(CHART), "--set", "operator.resources.limits.cpu=500m", check=False
-    )
+    proc = run_helm("template", "pinserve", str(CHART), "--set", "operator.resources.limits.cpu=500m", check=False)
     assert proc.returncode != 0
     assert "requests must equal limits" in proc.stderr
 

@@ -283,11 +283,7 @@ def test_lists_and_strings_under_cel_rules_are_bounded(spec_schema: Schema) -> N
 
 
 def _rules(root: Schema) -> list[tuple[str, Schema, dict[str, Any]]]:
-    return [
-        (path, node, rule)
-        for path, node in _walk(root, "")
-        for rule in node.get("x-kubernetes-validations", [])
-    ]
+    return [(path, node, rule) for path, node in _walk(root, "") for rule in node.get("x-kubernetes-validations", [])]
 
 
 def _balanced(rule: str) -> bool:
@@ -306,6 +302,9 @@ def _balanced(rule: str) -> bool:
     return depth == 0 and not quote
 
 
+CEL_STRING_METHODS = {"size", "matches", "startsWith", "endsWith", "contains"}
+
+
 def test_cel_rules_are_well_formed(root: Schema) -> None:
     rules = _rules(root)
     assert len(rules) >= 6
@@ -322,7 +321,7 @@ def test_cel_rules_are_well_formed(root: Schema) -> None:
                     target = {"properties": {"name": {"type": "string"}}}
                     continue
                 props = target.get("properties", {})
-                if part not in props and part not in {"size", "matches", "startsWith", "endsWith", "contains"}:
+                if part not in props and part not in CEL_STRING_METHODS:
                     pytest.fail(f"{path or '<root>'}: rule {text!r} reads unknown field {ref}")
                 target = props.get(part, {})
         if "fieldPath" in rule:
@@ -423,11 +422,10 @@ def _resolves(root: Schema, json_path: str) -> bool:
         name, is_list = part.removesuffix("[]"), part.endswith("[]")
         if name == "metadata":
             return True
-        node = node.get("properties", {}).get(name)  # type: ignore[assignment]
-        if node is None:
+        child = node.get("properties", {}).get(name)
+        if child is None:
             return False
-        if is_list:
-            node = node["items"]
+        node = child["items"] if is_list else child
     return True
 
 
@@ -471,7 +469,8 @@ def test_status_schema(root: Schema) -> None:
             "threads", "assumptions"} <= set(placement)  # fmt: skip
     assert placement["topology"]["properties"]["source"]["enum"] == ["agent", "capacity"]
     assert {"smt", "sockets", "numaNodes"} <= set(placement["topology"]["properties"])
-    assert set(placement["threads"]["properties"]) == {"omp", "intraOp", "interOp", "kmpAffinity", "kmpBlocktime"}
+    threads = {"omp", "intraOp", "interOp", "kmpAffinity", "kmpBlocktime"}
+    assert set(placement["threads"]["properties"]) == threads
     assert set(props["endpoints"]["properties"]) == {"grpc", "rest"}
     assert {"name", "node", "cpus", "qosClass", "physicalCores"} == set(props["pods"]["items"]["properties"])
     bench = props["benchmark"]["properties"]
@@ -483,9 +482,7 @@ def test_status_schema(root: Schema) -> None:
         for field in latency["properties"].values():
             assert field == {"type": "number", "nullable": True}
     assert bench["errors"]["type"] == "integer"
-    assert {"batchSize", "concurrency", "requestsPerSecond", "itemsPerSecond"} <= set(
-        bench["throughput"]["properties"]
-    )
+    assert {"batchSize", "concurrency", "requestsPerSecond", "itemsPerSecond"} <= set(bench["throughput"]["properties"])
 
 
 def test_chart_copy_is_identical() -> None:

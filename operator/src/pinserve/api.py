@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 GROUP = "pinserve.io"
 VERSION = "v1alpha1"
@@ -207,8 +208,12 @@ class ModelServerSpec(_Model):
         for field in ("intra_op", "inter_op", "omp"):
             value = getattr(self.threading, field)
             if value is not None and value > bound:
-                raise ValueError(
-                    f"threading.{to_camel(field)}={value} exceeds 4 x resources.physicalCores ({bound})"
+                # Raised with its own location so the error names spec.threading.<field>, not spec.
+                message = f"{value} exceeds 4 x resources.physicalCores ({bound})"
+                raise ValidationError.from_exception_data(
+                    "ModelServerSpec",
+                    [InitErrorDetails(type=PydanticCustomError("value_error", "{message}", {"message": message}),
+                                      loc=("threading", to_camel(field)), input=value)],
                 )
         return self
 
@@ -244,6 +249,8 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ModelServerSpec:
     """Parse ``.spec`` of a ModelServer; raise InvalidSpecError naming the first bad field."""
     if not spec:
         raise InvalidSpecError("spec", "is required")
+    if not isinstance(spec, Mapping):
+        raise InvalidSpecError("spec", f"must be an object, not {type(spec).__name__}")
     try:
         return ModelServerSpec.model_validate(dict(spec))
     except ValidationError as exc:

@@ -150,6 +150,7 @@ def evaluate(
     ms: ModelServer,
     placement: Placement,
     ready: Condition,
+    *,
     jobs: Sequence[Mapping[str, Any]],
     current: Mapping[str, Any] | None,
     settings: Settings,
@@ -169,6 +170,10 @@ def evaluate(
                       _headline(current) if done else str(current.get("error", {}).get("message", ""))),
             delete=cleanup,
         )
+    if ms.spec.replicas == 0:
+        # Nothing serves behind the Service: a Job would only fail and use up the retries.
+        return BenchDecision(Condition("Benchmarked", "Unknown", "ScaledToZero",
+                                       "the benchmark runs once spec.replicas is above 0"), delete=cleanup)
     if ready.status != "True":
         return BenchDecision(Condition("Benchmarked", "Unknown", "WaitingForReady",
                                        "the benchmark runs once the server is Ready"), delete=cleanup)

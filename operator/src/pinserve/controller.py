@@ -167,14 +167,15 @@ def observed_for(
     pods: Iterable[Mapping[str, Any]],
 ) -> Observed:
     by_kind: dict[tuple[str, str], Mapping[str, Any]] = {}
-    jobs = []
+    jobs: list[Mapping[str, Any]] = []
     for obj in children:
         kind = obj.get("kind", "")
         name = (obj.get("metadata") or {}).get("name", "")
         if kind == "Job":
             jobs.append(obj)
         by_kind[(kind, name)] = obj
-    server, bench = [], []
+    server: list[Mapping[str, Any]] = []
+    bench: list[Mapping[str, Any]] = []
     for pod in pods:
         component = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_COMPONENT)
         (bench if component == "benchmark" else server).append(pod)

@@ -10,8 +10,24 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pinserve.quantity import parse_quantity
+
 # Values the API server normalises: compare them as the server writes them.
 _SERVER_NORMALISED = {"defaultMode"}
+# Maps of resource quantities, which the API server rewrites in canonical form ("1024Mi" -> "1Gi").
+_QUANTITY_MAPS = {"requests", "limits"}
+
+
+def _omitted(value: Any) -> bool:
+    """Empty values that the API server drops on write (Go's omitempty): absent means equal."""
+    return value in ("", [], {}) or value is False
+
+
+def _same_quantity(live: Any, desired: Any) -> bool:
+    try:
+        return parse_quantity(live) == parse_quantity(desired)
+    except (ValueError, TypeError):
+        return contains(live, desired)
 
 
 def _named(items: Sequence[Any]) -> bool:
@@ -24,7 +40,9 @@ def contains(live: Any, desired: Any) -> bool:
         if not isinstance(live, Mapping):
             return False
         return all(
-            key in _SERVER_NORMALISED or (key in live and contains(live[key], value))
+            key in _SERVER_NORMALISED
+            or (key in live and _contains_field(key, live[key], value))
+            or (key not in live and _omitted(value))
             for key, value in desired.items()
         )
     if isinstance(desired, list):
@@ -41,3 +59,9 @@ def contains(live: Any, desired: Any) -> bool:
     if isinstance(desired, int | float) and isinstance(live, int | float):
         return live == desired
     return str(live) == str(desired)
+
+
+def _contains_field(key: str, live: Any, desired: Any) -> bool:
+    if key in _QUANTITY_MAPS and isinstance(desired, Mapping) and isinstance(live, Mapping):
+        return all(name in live and _same_quantity(live[name], value) for name, value in desired.items())
+    return contains(live, desired)

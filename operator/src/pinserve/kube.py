@@ -12,7 +12,7 @@ import os
 import ssl
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -102,9 +102,9 @@ class Credentials:
         from kubernetes import client, config  # noqa: PLC0415  (heavy; only needed here)
 
         cfg = client.Configuration()
-        config.load_kube_config(config_file=path, client_configuration=cfg)
+        config.load_kube_config(config_file=path, client_configuration=cfg)  # type: ignore[no-untyped-call]
         ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.verify_ssl else \
-            ssl._create_unverified_context()  # noqa: S323  (only when the kubeconfig says so)
+            ssl._create_unverified_context()  # only when the kubeconfig says so
         if cfg.cert_file and cfg.key_file:
             ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
         token = (cfg.api_key or {}).get("authorization", "").removeprefix("Bearer ").strip() or None
@@ -210,6 +210,55 @@ class KubeApi:
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         return await self.merge_patch("ModelServer", namespace, name, body, sub="status")
+
+    async def list_object(self, kind: str, namespace: str | None = None, *, label_selector: str | None = None,
+                          field_selector: str | None = None) -> dict[str, Any]:
+        """The whole List answer (``items`` and ``metadata.resourceVersion``, where a watch starts)."""
+        params = {"labelSelector": label_selector or "", "fieldSelector": field_selector or ""}
+        return await self.request("GET", resource_path(kind, namespace),
+                                  params={k: v for k, v in params.items() if v})
+
+    async def watch(self, kind: str, namespace: str | None = None, *, label_selector: str | None = None,
+                    field_selector: str | None = None, resource_version: str | None = None,
+                    timeout_seconds: int = 300) -> AsyncIterator[dict[str, Any]]:
+        """Yield watch events (``{"type", "object"}``) until the server ends the watch.
+
+        Counted as ``WATCH`` in ``requests``. The server closes the stream after ``timeout_seconds``;
+        an expired ``resource_version`` arrives as an ``ERROR`` event with a Status of code 410, which
+        the caller answers with a fresh list. Bookmarks are asked for and passed on.
+        """
+        params = {"watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
+        if resource_version:
+            params["resourceVersion"] = resource_version
+        session = await self._get_session()
+        headers = {"Accept": "application/json"}
+        auth = self.credentials.authorization()
+        if auth:
+            headers["Authorization"] = auth
+        # No total timeout on a stream; a read that stalls well past the server's own timeout is dead.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total,
+                                        sock_read=timeout_seconds + 30)
+        self.requests["WATCH"] += 1
+        url = self.credentials.server + resource_path(kind, namespace)
+        async with session.get(url, params=params, headers=headers, timeout=timeout) as resp:
+            if resp.status >= 400:
+                raise _error(resp.status, await resp.text())
+            buffer = b""
+            # Events are newline-delimited JSON of any size (readline() would cap a line at 64 KiB).
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        event: dict[str, Any] = json.loads(line)
+                        yield event
+            if buffer.strip():
+                last: dict[str, Any] = json.loads(buffer)
+                yield last
 
 
 def _error(status: int, text: str) -> ApiError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,13 @@ def render_documents(
     objects: list[dict[str, Any]] = []
     notes: list[str] = []
     for doc in docs:
+        if not isinstance(doc, Mapping):
+            raise ValueError(f"expected a ModelServer object, got a YAML {type(doc).__name__}")
         body = {**doc, "metadata": {"uid": "00000000-0000-0000-0000-000000000000", **(doc.get("metadata") or {})}}
         ms = parse_modelserver(body)
-        placement = plan(ms.spec, [node], settings)
+        # The imaginary node carries whatever labels the spec selects on.
+        labelled = replace(node, labels={**node.labels, **ms.spec.placement.node_selector})
+        placement = plan(ms.spec, [labelled], settings)
         notes.append(
             f"{ms.ref.name}: {placement.physical_cores} physical cores x {placement.threads_per_core} "
             f"thread(s) = {placement.cpu_request} CPUs; OMP/intra-op {placement.threads.intra_op}, "

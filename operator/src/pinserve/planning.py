@@ -256,7 +256,8 @@ def plan_threads(spec: ModelServerSpec, threads_per_core: int) -> tuple[Threads,
     def bounded(name: str, value: int | None, default: int) -> int:
         chosen = default if value is None else value
         if chosen > cpus:
-            notes.append(f"threading.{name}={chosen} exceeds the {cpus} CPUs allocated; using {cpus}")
+            if value is not None:  # a default bounded by a small pod is no assumption worth a note
+                notes.append(f"threading.{name}={chosen} exceeds the {cpus} CPUs allocated; using {cpus}")
             return cpus
         return chosen
 

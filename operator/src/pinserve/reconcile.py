@@ -101,6 +101,10 @@ def _pod_problem(pods: Sequence[Mapping[str, Any]]) -> Condition | None:
     return None
 
 
+# Progress states are not news: no Event for them.
+_PROGRESS = frozenset({"Deploying", "RollingOut", "PodsNotReady", "WaitingForReady", "Running", "NoReadyPods"})
+
+
 def _transitions(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[EventSpec]:
     before = {c.get("type"): (c.get("status"), c.get("reason")) for c in old}
     events = []
@@ -108,7 +112,9 @@ def _transitions(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, An
         if before.get(cond["type"]) == (cond["status"], cond["reason"]):
             continue
         # Unknown is a waiting state, and a measured benchmark has its own headline Event.
-        if cond["status"] == "Unknown" or (cond["type"] == "Benchmarked" and cond["status"] == "True"):
+        if cond["status"] == "Unknown" or cond["reason"] in _PROGRESS:
+            continue
+        if cond["type"] == "Benchmarked" and cond["status"] == "True":
             continue
         normal = cond["status"] == "True" or cond["reason"] == "Disabled"
         kind = "Normal" if normal else "Warning"
@@ -172,7 +178,8 @@ def reconcile(
         pinned_condition(pods, by_name, placement.cpu_request),
     ]
     bench = benchflow.evaluate(
-        ms, placement, ready, observed.jobs, current.get("benchmark"), settings, observed.bench_pods
+        ms, placement, ready, jobs=observed.jobs, current=current.get("benchmark"), settings=settings,
+        pods=observed.bench_pods,
     )
     conditions.append(bench.condition)
     if bench.status is not None:

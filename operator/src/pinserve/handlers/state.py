@@ -85,5 +85,5 @@ async def resync_all(only_unplaced: bool = False) -> None:
 def _placed(body: Mapping[str, Any]) -> bool:
     for cond in (body.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "Placed":
-            return cond.get("status") == "True"
+            return bool(cond.get("status") == "True")
     return False

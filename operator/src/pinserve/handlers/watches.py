@@ -14,7 +14,7 @@ from pinserve.planning import NodeInfo, node_info
 from pinserve.render.common import LABEL_MANAGED_BY, LABEL_MODELSERVER
 
 log = logging.getLogger("pinserve")
-MANAGED = {LABEL_MANAGED_BY: "pinserve", LABEL_MODELSERVER: kopf.PRESENT}
+MANAGED: Mapping[str, Any] = {LABEL_MANAGED_BY: "pinserve", LABEL_MODELSERVER: kopf.PRESENT}
 
 
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -34,98 +34,91 @@ def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> tuple[str, s
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def pinserve_modelservers(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
-    return {(namespace, name): _plain(body)}
+def pinserve_modelservers(**kw: Any) -> Any:
+    return {(kw["namespace"], kw["name"]): _plain(kw["body"])}
 
 
 @kopf.index("nodes")
-def pinserve_nodes(name: str, body: kopf.Body, **_: Any) -> Any:
-    return {name: node_info(body)}
+def pinserve_nodes(**kw: Any) -> Any:
+    return {kw["name"]: node_info(kw["body"])}
 
 
 @kopf.index("v1", "pods", labels=MANAGED)
-def pinserve_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return {_owner_key(namespace, labels): _plain(body)}
+def pinserve_pods(**kw: Any) -> Any:
+    return {_owner_key(kw["namespace"], kw["labels"]): _plain(kw["body"])}
 
 
 @kopf.index("apps", "v1", "deployments", labels=MANAGED)
-def pinserve_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return {_owner_key(namespace, labels): _plain(body)}
+def pinserve_deployments(**kw: Any) -> Any:
+    return {_owner_key(kw["namespace"], kw["labels"]): _plain(kw["body"])}
 
 
 @kopf.index("v1", "services", labels=MANAGED)
-def pinserve_services(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return {_owner_key(namespace, labels): _plain(body)}
+def pinserve_services(**kw: Any) -> Any:
+    return {_owner_key(kw["namespace"], kw["labels"]): _plain(kw["body"])}
 
 
 @kopf.index("v1", "configmaps", labels=MANAGED)
-def pinserve_configmaps(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return {_owner_key(namespace, labels): _plain(body)}
+def pinserve_configmaps(**kw: Any) -> Any:
+    return {_owner_key(kw["namespace"], kw["labels"]): _plain(kw["body"])}
 
 
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
-def pinserve_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return {_owner_key(namespace, labels): _plain(body)}
+def pinserve_jobs(**kw: Any) -> Any:
+    return {_owner_key(kw["namespace"], kw["labels"]): _plain(kw["body"])}
 
 
 # ---- triggers --------------------------------------------------------------------------------
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def modelserver_changed(
-    event: Mapping[str, Any], namespace: str, name: str, body: kopf.Body, **kwargs: Any
-) -> None:
+async def modelserver_changed(**kwargs: Any) -> None:
     state.remember(kwargs)
-    key = (namespace, name)
-    if event.get("type") == "DELETED":
+    key = (kwargs["namespace"], kwargs["name"])
+    if kwargs["event"].get("type") == "DELETED":
         if state.CONTROLLER is not None:
             state.CONTROLLER.forget(key)
         return  # owner references let the garbage collector remove the children
-    await state.sync(key, _plain(body))
+    await state.sync(key, _plain(kwargs["body"]))
 
 
-async def _child_changed(event: Mapping[str, Any], namespace: str, labels: Mapping[str, str],
-                         kwargs: Mapping[str, Any]) -> None:
+async def _child_changed(kwargs: Mapping[str, Any]) -> None:
     state.remember(kwargs)
-    key = _owner_key(namespace, labels)
+    key = _owner_key(kwargs["namespace"], kwargs["labels"])
     if state.modelserver_body(key) is not None:
         await state.sync(key)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-async def deployment_changed(event: Mapping[str, Any], namespace: str, labels: kopf.Labels,
-                             **kwargs: Any) -> None:
-    await _child_changed(event, namespace, labels, kwargs)
+async def deployment_changed(**kwargs: Any) -> None:
+    await _child_changed(kwargs)
 
 
 @kopf.on.event("v1", "services", labels=MANAGED)
-async def service_changed(event: Mapping[str, Any], namespace: str, labels: kopf.Labels,
-                          **kwargs: Any) -> None:
-    await _child_changed(event, namespace, labels, kwargs)
+async def service_changed(**kwargs: Any) -> None:
+    await _child_changed(kwargs)
 
 
 @kopf.on.event("v1", "configmaps", labels=MANAGED)
-async def configmap_changed(event: Mapping[str, Any], namespace: str, labels: kopf.Labels,
-                            **kwargs: Any) -> None:
-    await _child_changed(event, namespace, labels, kwargs)
+async def configmap_changed(**kwargs: Any) -> None:
+    await _child_changed(kwargs)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-async def job_changed(event: Mapping[str, Any], namespace: str, labels: kopf.Labels,
-                      **kwargs: Any) -> None:
-    await _child_changed(event, namespace, labels, kwargs)
+async def job_changed(**kwargs: Any) -> None:
+    await _child_changed(kwargs)
 
 
 @kopf.on.event("v1", "pods", labels=MANAGED)
-async def pod_changed(event: Mapping[str, Any], namespace: str, labels: kopf.Labels,
-                      **kwargs: Any) -> None:
-    await _child_changed(event, namespace, labels, kwargs)
+async def pod_changed(**kwargs: Any) -> None:
+    await _child_changed(kwargs)
 
 
 @kopf.on.event("nodes")
-async def node_changed(event: Mapping[str, Any], name: str, body: kopf.Body, **kwargs: Any) -> None:
+async def node_changed(**kwargs: Any) -> None:
     """A node that appears, changes topology or policy may place (or re-pin) waiting ModelServers."""
     state.remember(kwargs)
+    event, name, body = kwargs["event"], kwargs["name"], kwargs["body"]
     info: NodeInfo | None = None if event.get("type") == "DELETED" else node_info(body)
     previous = state.LAST_NODES.get(name)
     if info is None:

@@ -86,8 +86,8 @@ def _model_source(ms: ModelServer, settings: Settings) -> tuple[list[dict[str, A
             "name": MODEL_VOLUME,
             "persistentVolumeClaim": {"claimName": model.pvc.claim_name, "readOnly": True},
         }
-        # The PVC's model directory is mounted straight at the base path: no copy.
-        return [], {"volume": volume, "mount": {**mount, "mountPath": model_base_path(ms),
+        # The PVC's SavedModel directory is mounted straight at its version directory: no copy.
+        return [], {"volume": volume, "mount": {**mount, "mountPath": version_dir,
                                                   "readOnly": True, "subPath": sub_path}}
     volume = {"name": MODEL_VOLUME, "emptyDir": {}}
     if model.uri is not None:

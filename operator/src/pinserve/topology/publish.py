@@ -11,6 +11,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from pinserve.topology.cpuinfo import ONEDNN_ISA_FLAGS
+
 PREFIX = "pinserve.io"
 
 #: The annotation holding the full topology as compact JSON (``Topology.to_dict()``).
@@ -24,6 +26,16 @@ LABEL_NUMA_NODES = f"{PREFIX}/numa-nodes"
 LABEL_CORES_PER_NUMA = f"{PREFIX}/cores-per-numa"
 LABEL_TOPOLOGY_SOURCE = f"{PREFIX}/topology-source"
 
+
+def isa_label(flag: str) -> str:
+    """The label saying the node's CPUs have instruction-set ``flag`` (a /proc/cpuinfo flag name)."""
+    return f"{PREFIX}/isa-{flag}"
+
+
+#: ``pinserve.io/isa-<flag>=true`` for each of oneDNN's ISA flags the CPU has (``isa-avx512f``,
+#: ``isa-avx512_vnni``, ``isa-amx_tile`` ...); absent flags get no label (Node Feature Discovery's habit).
+ISA_LABELS: tuple[str, ...] = tuple(isa_label(flag) for flag in ONEDNN_ISA_FLAGS)
+
 #: Every label this module may set; a publisher removes the ones it no longer sets.
 TOPOLOGY_LABELS: tuple[str, ...] = (
     LABEL_CPU_MANAGER_POLICY,
@@ -33,6 +45,7 @@ TOPOLOGY_LABELS: tuple[str, ...] = (
     LABEL_NUMA_NODES,
     LABEL_CORES_PER_NUMA,
     LABEL_TOPOLOGY_SOURCE,
+    *ISA_LABELS,
 )
 TOPOLOGY_ANNOTATIONS: tuple[str, ...] = (ANNOTATION_CPU_TOPOLOGY,)
 
@@ -56,6 +69,9 @@ class TopologyLike(Protocol):
 
     @property
     def max_cores_in_one_numa(self) -> int: ...
+
+    @property
+    def isa_flags(self) -> tuple[str, ...]: ...
 
     def to_dict(self) -> Mapping[str, Any]: ...
 
@@ -84,5 +100,8 @@ def node_topology_metadata(
     }
     if policy:
         labels[LABEL_CPU_MANAGER_POLICY] = policy
+    for flag in topology.isa_flags:
+        if flag in ONEDNN_ISA_FLAGS:
+            labels[isa_label(flag)] = "true"
     annotations = {ANNOTATION_CPU_TOPOLOGY: topology_annotation_value(topology)}
     return labels, annotations

@@ -1,0 +1,3 @@
+from pinserve.agent.cli import main
+
+raise SystemExit(main())

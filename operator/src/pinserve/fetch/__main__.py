@@ -1,0 +1,3 @@
+from pinserve.fetch import main
+
+raise SystemExit(main())
