@@ -24,9 +24,7 @@ import pytest
 __all__ = ["SNAPSHOT_DIR", "SNAPSHOT_NAMES", "HwlocReading", "console_path", "parse_console", "snapshot_root"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SNAPSHOT_DIR = Path(
-    os.environ.get("PINSERVE_SNAPSHOTS") or REPO_ROOT.parent / "shared" / "reference" / "hwloc-sysfs"
-)
+SNAPSHOT_DIR = Path(os.environ.get("PINSERVE_SNAPSHOTS") or REPO_ROOT.parent / "shared" / "reference" / "hwloc-sysfs")
 _SUFFIX = ".tar.bz2"
 
 
@@ -46,7 +44,7 @@ def _discover() -> tuple[str, ...]:
 SNAPSHOT_NAMES: tuple[str, ...] = _discover()
 
 _unpacked: dict[str, Path] = {}
-_workdir: Path | None = None
+_workdirs: list[Path] = []  # at most one: this session's scratch directory
 
 
 def _wanted(members: list[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
@@ -73,19 +71,18 @@ def _wanted(members: list[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
 
 def snapshot_root(name: str) -> Path:
     """Unpack snapshot ``name`` into the session's scratch directory (once) and return its root."""
-    global _workdir
     if name in _unpacked:
         return _unpacked[name]
     archive = SNAPSHOT_DIR / f"{name}{_SUFFIX}"
     if not archive.is_file():
         pytest.fail(f"hwloc snapshot {archive} does not exist", pytrace=False)
-    if _workdir is None:
+    if not _workdirs:
         # Thousands of tiny files: tmpfs unpacks them in milliseconds where a busy disk takes seconds.
         shm = Path("/dev/shm")
         scratch = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
-        _workdir = Path(tempfile.mkdtemp(prefix="pinserve-snapshots-", dir=scratch))
-        atexit.register(shutil.rmtree, _workdir, True)
-    dest = _workdir / name
+        _workdirs.append(Path(tempfile.mkdtemp(prefix="pinserve-snapshots-", dir=scratch)))
+        atexit.register(shutil.rmtree, _workdirs[0], True)
+    dest = _workdirs[0] / name
     with tarfile.open(archive, "r:bz2") as tar:
         # _wanted has vetted every path; the "data" filter's per-member realpath() calls cost seconds.
         tar.extractall(dest, members=_wanted(tar.getmembers()), filter="fully_trusted")
@@ -180,9 +177,7 @@ def parse_console(path: Path) -> HwlocReading:
         if obj.kind == "Package":
             assert obj.os_index is not None
             cores = {
-                (core.os_index, core.pus())
-                for core in obj.walk()
-                if core.kind == "Core" and core.os_index is not None
+                (core.os_index, core.pus()) for core in obj.walk() if core.kind == "Core" and core.os_index is not None
             }
             packages.setdefault(obj.os_index, set()).update(cores)
             model = re.search(r'CPUModel="([^"]*)"', obj.line)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -138,14 +138,14 @@ class Store:
         return self.base + path
 
     def requests(self, path: str) -> list[Seen]:
-        return [s for s in self.seen if urlsplit(s.path).path == path]
+        return [s for s in self.seen if unquote(urlsplit(s.path).path) == path]
 
 
 def _handler(store: Store) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             store.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}))
-            replies = store.routes.get(urlsplit(self.path).path)
+            replies = store.routes.get(unquote(urlsplit(self.path).path))
             if not replies:
                 reply = Reply(404, b"<Error><Code>NoSuchKey</Code><Message>The specified key does not exist."
                               b"</Message></Error>")

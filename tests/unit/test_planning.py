@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
-from snapshots import snapshot_root
 
 from pinserve.api import parse_spec
 from pinserve.planning import (
@@ -25,6 +24,7 @@ from pinserve.planning import (
 from pinserve.settings import Settings
 from pinserve.topology import read_topology
 from pinserve.topology.model import Topology
+from snapshots import snapshot_root
 
 pytestmark = pytest.mark.unit
 
@@ -55,41 +55,50 @@ MACHINES = {
     "snc4-2s-8numa-smt": (2, 32, 2, 4),
 }
 
+class Case(NamedTuple):
+    machine: str
+    cores: int
+    numa: str
+    threading: dict[str, Any]
+    cpus: int
+    omp: int
+    intra: int
+    inter: int
+    kmp: str
+    blocktime: int
+
+
 PLANS = [
-    # machine, cores, numa, user threading, cpu_request, omp, intra, inter, kmpAffinity, blocktime
-    ("1cpu", 1, "Prefer", {}, 1, 1, 1, 1, KMP_AFFINITY_NO_SMT, 1),
-    ("2cpu-smt", 1, "Prefer", {}, 2, 1, 1, 2, KMP_AFFINITY_SMT, 1),
-    ("laptop-4c8t", 4, "Prefer", {}, 8, 4, 4, 2, KMP_AFFINITY_SMT, 1),
-    ("laptop-4c8t", 2, "Require", {}, 4, 2, 2, 2, KMP_AFFINITY_SMT, 1),
-    ("8c-nosmt", 8, "Ignore", {}, 8, 8, 8, 2, KMP_AFFINITY_NO_SMT, 1),
-    ("8c-nosmt", 2, "Prefer", {}, 2, 2, 2, 2, KMP_AFFINITY_NO_SMT, 1),
-    ("2s16c-smt", 16, "Prefer", {}, 32, 16, 16, 2, KMP_AFFINITY_SMT, 1),
-    ("2s16c-smt", 8, "Require", {}, 16, 8, 8, 2, KMP_AFFINITY_SMT, 1),
-    ("amd-4s-8numa", 8, "Require", {}, 8, 8, 8, 2, KMP_AFFINITY_NO_SMT, 1),
-    ("amd-4s-8numa", 64, "Prefer", {}, 64, 64, 64, 2, KMP_AFFINITY_NO_SMT, 1),
-    ("spr-2s-224", 112, "Ignore", {}, 224, 112, 112, 2, KMP_AFFINITY_SMT, 1),
-    ("spr-2s-224", 28, "Require", {}, 56, 28, 28, 2, KMP_AFFINITY_SMT, 1),
-    ("snc4-2s-8numa-smt", 8, "Require", {}, 16, 8, 8, 2, KMP_AFFINITY_SMT, 1),
+    Case("1cpu", 1, "Prefer", {}, 1, 1, 1, 1, KMP_AFFINITY_NO_SMT, 1),
+    Case("2cpu-smt", 1, "Prefer", {}, 2, 1, 1, 2, KMP_AFFINITY_SMT, 1),
+    Case("laptop-4c8t", 4, "Prefer", {}, 8, 4, 4, 2, KMP_AFFINITY_SMT, 1),
+    Case("laptop-4c8t", 2, "Require", {}, 4, 2, 2, 2, KMP_AFFINITY_SMT, 1),
+    Case("8c-nosmt", 8, "Ignore", {}, 8, 8, 8, 2, KMP_AFFINITY_NO_SMT, 1),
+    Case("8c-nosmt", 2, "Prefer", {}, 2, 2, 2, 2, KMP_AFFINITY_NO_SMT, 1),
+    Case("2s16c-smt", 16, "Prefer", {}, 32, 16, 16, 2, KMP_AFFINITY_SMT, 1),
+    Case("2s16c-smt", 8, "Require", {}, 16, 8, 8, 2, KMP_AFFINITY_SMT, 1),
+    Case("amd-4s-8numa", 8, "Require", {}, 8, 8, 8, 2, KMP_AFFINITY_NO_SMT, 1),
+    Case("amd-4s-8numa", 64, "Prefer", {}, 64, 64, 64, 2, KMP_AFFINITY_NO_SMT, 1),
+    Case("spr-2s-224", 112, "Ignore", {}, 224, 112, 112, 2, KMP_AFFINITY_SMT, 1),
+    Case("spr-2s-224", 28, "Require", {}, 56, 28, 28, 2, KMP_AFFINITY_SMT, 1),
+    Case("snc4-2s-8numa-smt", 8, "Require", {}, 16, 8, 8, 2, KMP_AFFINITY_SMT, 1),
     # user values win ...
-    ("laptop-4c8t", 4, "Prefer", {"intraOp": 3, "interOp": 1, "omp": 2}, 8, 2, 3, 1, KMP_AFFINITY_SMT, 1),
-    ("laptop-4c8t", 4, "Prefer", {"intraOp": 8}, 8, 4, 8, 2, KMP_AFFINITY_SMT, 1),
-    ("8c-nosmt", 4, "Prefer", {"kmpAffinity": "granularity=fine,scatter", "kmpBlocktime": 0},
-     4, 4, 4, 2, "granularity=fine,scatter", 0),
-    ("8c-nosmt", 2, "Prefer", {"kmpBlocktime": 200}, 2, 2, 2, 2, KMP_AFFINITY_NO_SMT, 200),
+    Case("laptop-4c8t", 4, "Prefer", {"intraOp": 3, "interOp": 1, "omp": 2}, 8, 2, 3, 1, KMP_AFFINITY_SMT, 1),
+    Case("laptop-4c8t", 4, "Prefer", {"intraOp": 8}, 8, 4, 8, 2, KMP_AFFINITY_SMT, 1),
+    Case("8c-nosmt", 4, "Prefer", {"kmpAffinity": "granularity=fine,scatter", "kmpBlocktime": 0},
+         4, 4, 4, 2, "granularity=fine,scatter", 0),
+    Case("8c-nosmt", 2, "Prefer", {"kmpBlocktime": 200}, 2, 2, 2, 2, KMP_AFFINITY_NO_SMT, 200),
     # ... but are clamped to the CPUs the pod gets.
-    ("8c-nosmt", 4, "Prefer", {"intraOp": 16, "omp": 9, "interOp": 5}, 4, 4, 4, 4, KMP_AFFINITY_NO_SMT, 1),
-    ("laptop-4c8t", 2, "Prefer", {"intraOp": 8}, 4, 2, 4, 2, KMP_AFFINITY_SMT, 1),
+    Case("8c-nosmt", 4, "Prefer", {"intraOp": 16, "omp": 9, "interOp": 5}, 4, 4, 4, 4, KMP_AFFINITY_NO_SMT, 1),
+    Case("laptop-4c8t", 2, "Prefer", {"intraOp": 8}, 4, 2, 4, 2, KMP_AFFINITY_SMT, 1),
 ]
 
 
 @pytest.mark.parametrize(
-    ("machine", "cores", "numa", "threading", "cpus", "omp", "intra", "inter", "kmp", "blocktime"), PLANS,
-    ids=[f"{m}-{c}c-{n}-{'user' if t else 'default'}" for m, c, n, t, *_ in PLANS],
+    "case", PLANS, ids=[f"{c.machine}-{c.cores}c-{c.numa}-{'user' if c.threading else 'default'}" for c in PLANS]
 )
-def test_plan_table(
-    topo: TopoFactory, make_node: NodeFactory, machine: str, cores: int, numa: str, threading: dict[str, Any],
-    cpus: int, omp: int, intra: int, inter: int, kmp: str, blocktime: int,
-) -> None:
+def test_plan_table(topo: TopoFactory, make_node: NodeFactory, case: Case) -> None:
+    machine, cores, numa, threading, cpus, omp, intra, inter, kmp, blocktime = case
     sockets, per_socket, threads, numa_per_socket = MACHINES[machine]
     machine_topo = topo(sockets, per_socket, threads, numa_per_socket)
     assert machine_topo.logical_cpus == sockets * per_socket * threads
@@ -115,15 +124,15 @@ def test_plan_table(
         assert f"{cpus} CPUs" in note
 
 
-@pytest.mark.parametrize(("cores", "numa", "required", "preferred"), [
-    (4, "Require", True, False),
-    (1, "Require", True, False),
-    (4, "Prefer", False, True),
-    (1, "Prefer", False, False),  # one core always sits in one NUMA node
-    (4, "Ignore", False, False),
+@pytest.mark.parametrize(("cores", "numa", "expect"), [
+    (4, "Require", "required"),
+    (1, "Require", "required"),
+    (4, "Prefer", "preferred"),
+    (1, "Prefer", None),  # one core always sits in one NUMA node
+    (4, "Ignore", None),
 ])
-def test_numa_affinity(topo: TopoFactory, make_node: NodeFactory, cores: int, numa: str, required: bool,
-                       preferred: bool) -> None:
+def test_numa_affinity(topo: TopoFactory, make_node: NodeFactory, cores: int, numa: str, expect: str | None) -> None:
+    required, preferred = expect == "required", expect == "preferred"
     placement = plan(spec(cores, numa=numa), [node_info(make_node("n1", topo(2, 8, 2)))], SETTINGS)
     affinity = placement.node_affinity or {}
     expr = {"key": LABEL_CORES_PER_NUMA, "operator": "Gt", "values": [str(cores - 1)]}

@@ -107,11 +107,20 @@ class Controller:
             return outcome
 
     async def _carry_out(self, outcome: Outcome, observed: Observed) -> Condition | None:
+        owner_uid = outcome.modelserver.ref.uid if outcome.modelserver else ""
         for obj in outcome.apply:
             if self._in_flight(obj, observed):
                 continue
             meta = obj["metadata"]
             live = observed.children.get((obj["kind"], meta["name"]))
+            if live is None:
+                # Not in our indices, so not ours: one read, only before a create, so that a
+                # same-named object of someone else's is never overwritten by the apply.
+                live = await self.api.get(obj["kind"], meta["namespace"], meta["name"])
+            if live is not None and not controlled_by(live, owner_uid):
+                return Condition("Ready", "False", "NameConflict",
+                                 f"a {obj['kind']} named {meta['name']} already exists and is not owned by this "
+                                 "ModelServer; pinserve leaves it alone (rename the ModelServer or remove it)")
             try:
                 await self.api.apply(obj)
             except ApiError as exc:
@@ -159,6 +168,11 @@ class Controller:
             })
         except ApiError as exc:
             log.warning("could not post event %s for %s: %s", event.reason, meta.get("name"), exc)
+
+
+def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("controller") and ref.get("uid") == uid for ref in refs)
 
 
 def observed_for(

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from fakeapi import make_pod
-from snapshots import SNAPSHOT_NAMES, snapshot_root
 
 from pinserve.agent import cli
 from pinserve.agent.cpumanager import read_state
@@ -19,6 +18,7 @@ from pinserve.agent.publisher import ANNOTATION_CPU_MANAGER, node_metadata
 from pinserve.pinning import ANNOTATION_CPUS, ANNOTATION_CPUS_SOURCE
 from pinserve.topology.cpuset import parse_cpulist
 from pinserve.topology.model import Topology
+from snapshots import SNAPSHOT_NAMES, snapshot_root
 
 pytestmark = pytest.mark.unit
 

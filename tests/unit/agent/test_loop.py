@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from fakeapi import FakeApi, make_node, make_pod
 
+from pinserve.agent import loop
 from pinserve.agent.loop import AgentConfig, NodeAgent, write_count
 from pinserve.agent.publisher import ANNOTATION_CPU_MANAGER
 from pinserve.pinning import ANNOTATION_CPUS, ANNOTATION_CPUS_SOURCE
@@ -30,6 +31,12 @@ def state_json(default: str = "0-1,8-9,6-7,14-15", **entries: str) -> str:
         {"policyName": "static", "defaultCpuSet": default,
          "entries": {uid: {"server": cpus} for uid, cpus in entries.items()}, "checksum": 1}
     )
+
+
+@pytest.fixture(autouse=True)
+def fixed_topology(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The periodic pass re-reads sysfs; here it finds the synthetic machine, not the test host."""
+    monkeypatch.setattr(loop, "load_topology", lambda *args: TOPO)
 
 
 @pytest.fixture

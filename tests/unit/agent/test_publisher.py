@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from fakeapi import make_node, make_pod, merge
-from snapshots import SNAPSHOT_NAMES, HwlocReading, console_path, parse_console, snapshot_root
 
 from pinserve.agent.cpumanager import CpuManagerState, parse_state, read_state
 from pinserve.agent.loop import load_topology
@@ -22,6 +21,7 @@ from pinserve.agent.publisher import (
 )
 from pinserve.pinning import ANNOTATION_CPUS, ANNOTATION_CPUS_SOURCE, pod_view
 from pinserve.topology.model import Core, Topology
+from snapshots import SNAPSHOT_NAMES, HwlocReading, console_path, parse_console, snapshot_root
 
 pytestmark = pytest.mark.unit
 
@@ -60,7 +60,10 @@ def test_node_metadata() -> None:
         "pinserve.io/isa-amx_tile": "true",
     }
     assert Topology.from_dict(json.loads(annotations["pinserve.io/cpu-topology"])) == TOPO
-    assert json.loads(annotations[ANNOTATION_CPU_MANAGER]) == {"policy": "static", "defaultCpuSet": "0,3-4,7-8,11-12,15"}
+    assert json.loads(annotations[ANNOTATION_CPU_MANAGER]) == {
+        "policy": "static",
+        "defaultCpuSet": "0,3-4,7-8,11-12,15",
+    }
 
 
 def test_unknown_and_none_policies_are_published_with_the_reason() -> None:
@@ -91,7 +94,8 @@ def test_only_what_changed_is_patched() -> None:
     node = published(make_node())
     moved = parse_state('{"policyName":"static","defaultCpuSet":"0-15","checksum":3}')
     patch = node_patch(node, TOPO, moved)
-    assert patch == {"metadata": {"annotations": {ANNOTATION_CPU_MANAGER: '{"defaultCpuSet":"0-15","policy":"static"}'}}}
+    summary = '{"defaultCpuSet":"0-15","policy":"static"}'
+    assert patch == {"metadata": {"annotations": {ANNOTATION_CPU_MANAGER: summary}}}
 
 
 def test_labels_no_longer_true_are_removed_and_foreign_ones_kept() -> None:

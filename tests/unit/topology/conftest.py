@@ -127,8 +127,10 @@ def make_sysfs(tmp_path: Path) -> SysfsBuilder:
                 else:
                     write(node_dir / "cpumap", hex_mask(node_cpus))
                 if mem_kb and node_id in mem_kb:
-                    write(node_dir / "meminfo", f"Node {node_id} MemTotal:  {mem_kb[node_id]} kB\n"
-                          f"Node {node_id} MemFree:   1024 kB")
+                    write(
+                        node_dir / "meminfo",
+                        f"Node {node_id} MemTotal:  {mem_kb[node_id]} kB\nNode {node_id} MemFree:   1024 kB",
+                    )
         if cpuinfo is not None:
             write(base / "proc" / "cpuinfo", cpuinfo)
         return base if layout == "fs" else sysfs
@@ -139,7 +141,4 @@ def make_sysfs(tmp_path: Path) -> SysfsBuilder:
 @pytest.fixture
 def smt_box() -> dict[int, dict[str, Any]]:
     """Two packages of two 2-thread cores, numbered the way Intel BIOSes do (siblings N and N+4)."""
-    return {
-        cpu: {"package": (cpu % 4) // 2, "core": cpu % 2}
-        for cpu in range(8)
-    }
+    return {cpu: {"package": (cpu % 4) // 2, "core": cpu % 2} for cpu in range(8)}

@@ -45,7 +45,7 @@ def test_parse_cpulist(text: str, cpus: set[int]) -> None:
         ("0-3:2/4", "not a CPU number"),
         ("0x1", "not a CPU number"),
         ("1.5", "not a CPU number"),
-        ("０", "not a CPU number"),  # a full-width digit: isdecimal() alone would accept it
+        ("\uff10", "not a CPU number"),  # a full-width zero: isdecimal() alone would accept it
         (f"0-{MAX_CPUS}", "beyond"),
         ("0-1 2", "not a CPU number"),
     ],

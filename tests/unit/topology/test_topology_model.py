@@ -16,13 +16,10 @@ def two_socket_smt(cores_per_socket: int) -> Topology:
     """An Intel-style 2-socket SMT box: core c of socket s is CPUs s*n+c and 2n+s*n+c."""
     n = cores_per_socket
     cores = tuple(
-        Core(socket=s, core_id=c, cpus=(s * n + c, 2 * n + s * n + c), numa=s)
-        for s in range(2)
-        for c in range(n)
+        Core(socket=s, core_id=c, cpus=(s * n + c, 2 * n + s * n + c), numa=s) for s in range(2) for c in range(n)
     )
     nodes = tuple(
-        NumaNode(s, tuple(cpu for core in cores if core.socket == s for cpu in core.cpus), 192 << 30)
-        for s in range(2)
+        NumaNode(s, tuple(cpu for core in cores if core.socket == s for cpu in core.cpus), 192 << 30) for s in range(2)
     )
     return Topology(cores, nodes, model_name="Intel(R) Xeon(R) Platinum 8480+", isa_flags=("avx2", "amx_tile"))
 

@@ -6,9 +6,9 @@ import json
 from functools import cache
 
 import pytest
-from snapshots import SNAPSHOT_NAMES, HwlocReading, console_path, parse_console, snapshot_root
 
 from pinserve.topology import Topology, read_topology
+from snapshots import SNAPSHOT_NAMES, HwlocReading, console_path, parse_console, snapshot_root
 
 pytestmark = pytest.mark.unit
 

@@ -38,12 +38,16 @@ def test_every_sibling_file_style_gives_the_same_cores(
 
 
 def test_hex_only_tree_with_nul_padding(make_sysfs: Any, smt_box: dict[int, dict[str, Any]]) -> None:
-    root = make_sysfs(smt_box, style="mask", nodes={0: [0, 1, 4, 5], 1: [2, 3, 6, 7]}, node_files="cpumap",
-                      nul=True, online_file="0-7")
+    root = make_sysfs(
+        smt_box,
+        style="mask",
+        nodes={0: [0, 1, 4, 5], 1: [2, 3, 6, 7]},
+        node_files="cpumap",
+        nul=True,
+        online_file="0-7",
+    )
     topo = read_topology(root)
-    assert [(c.socket, c.core_id, c.cpus, c.numa) for c in topo.cores] == [
-        (s, c, cpus, s) for s, c, cpus in SMT_CORES
-    ]
+    assert [(c.socket, c.core_id, c.cpus, c.numa) for c in topo.cores] == [(s, c, cpus, s) for s, c, cpus in SMT_CORES]
     assert [(n.id, n.cpus) for n in topo.numa_nodes] == [(0, (0, 1, 4, 5)), (1, (2, 3, 6, 7))]
 
 
@@ -63,8 +67,9 @@ def test_siblings_with_different_core_ids_stay_separate(make_sysfs: Any) -> None
 
 def test_hybrid_cores(make_sysfs: Any) -> None:
     # Alder Lake style: P-cores with two threads (0-7), E-cores with one (8-15) in clusters of four.
-    cpus: dict[int, dict[str, Any]] = {cpu: {"package": 0, "core": cpu // 2 * 4, "cluster": cpu // 2}
-                                       for cpu in range(8)}
+    cpus: dict[int, dict[str, Any]] = {
+        cpu: {"package": 0, "core": cpu // 2 * 4, "cluster": cpu // 2} for cpu in range(8)
+    }
     cpus |= {cpu: {"package": 0, "core": 32 + cpu, "cluster": 8 + (cpu - 8) // 4} for cpu in range(8, 16)}
     topo = read_topology(make_sysfs(cpus))
     assert topo.physical_cores == 12
@@ -89,8 +94,7 @@ def test_cpu0_offline(make_sysfs: Any, smt_box: dict[int, dict[str, Any]]) -> No
 
 
 @pytest.mark.parametrize("signal", ["online_file", "offline_file", "per_cpu_file"])
-def test_each_offline_signal_alone_is_enough(make_sysfs: Any, smt_box: dict[int, dict[str, Any]],
-                                             signal: str) -> None:
+def test_each_offline_signal_alone_is_enough(make_sysfs: Any, smt_box: dict[int, dict[str, Any]], signal: str) -> None:
     kwargs: dict[str, Any] = {}
     if signal == "online_file":
         kwargs["online_file"] = "0-5,7"
@@ -104,8 +108,9 @@ def test_each_offline_signal_alone_is_enough(make_sysfs: Any, smt_box: dict[int,
     assert topo.core_of(2) == Core(1, 0, (2,), 0)
 
 
-def test_missing_topology_dir_without_online_file_means_offline(make_sysfs: Any,
-                                                                 smt_box: dict[int, dict[str, Any]]) -> None:
+def test_missing_topology_dir_without_online_file_means_offline(
+    make_sysfs: Any, smt_box: dict[int, dict[str, Any]]
+) -> None:
     smt_box[5]["online"] = False
     root = make_sysfs(smt_box)
     (root / "sys/devices/system/cpu/cpu5/online").unlink()
@@ -114,8 +119,7 @@ def test_missing_topology_dir_without_online_file_means_offline(make_sysfs: Any,
 
 def test_online_cpu_without_topology_dir_stands_alone(make_sysfs: Any) -> None:
     # gVisor-like trees: the kernel says the CPUs are online but shows no topology/.
-    root = make_sysfs({0: {"package": 0, "core": 0}, 1: {"package": 0, "core": 0, "online": False}},
-                      online_file="0-1")
+    root = make_sysfs({0: {"package": 0, "core": 0}, 1: {"package": 0, "core": 0, "online": False}}, online_file="0-1")
     (root / "sys/devices/system/cpu/cpu1/online").write_text("1\n")
     topo = read_topology(root)
     assert [c.cpus for c in topo.cores] == [(0,), (1,)]
@@ -123,11 +127,12 @@ def test_online_cpu_without_topology_dir_stands_alone(make_sysfs: Any) -> None:
 
 
 def test_memory_only_numa_node(make_sysfs: Any, smt_box: dict[int, dict[str, Any]]) -> None:
-    root = make_sysfs(smt_box, nodes={0: [0, 1, 4, 5], 1: [2, 3, 6, 7], 2: []},
-                      mem_kb={0: 1024, 1: 2048, 2: 64 << 20})
+    root = make_sysfs(smt_box, nodes={0: [0, 1, 4, 5], 1: [2, 3, 6, 7], 2: []}, mem_kb={0: 1024, 1: 2048, 2: 64 << 20})
     topo = read_topology(root)
     assert [(n.id, n.cpus, n.memory_bytes) for n in topo.numa_nodes] == [
-        (0, (0, 1, 4, 5), 1 << 20), (1, (2, 3, 6, 7), 2 << 20), (2, (), 64 << 30)
+        (0, (0, 1, 4, 5), 1 << 20),
+        (1, (2, 3, 6, 7), 2 << 20),
+        (2, (), 64 << 30),
     ]
     assert topo.numa_count == 3
     assert topo.cpu_numa_ids == (0, 1)
@@ -144,8 +149,7 @@ def test_no_node_directory_is_one_node(make_sysfs: Any, smt_box: dict[int, dict[
     assert {c.numa for c in topo.cores} == {0}
 
 
-def test_cpu_missing_from_node_lists_follows_its_node_link(make_sysfs: Any,
-                                                           smt_box: dict[int, dict[str, Any]]) -> None:
+def test_cpu_missing_from_node_lists_follows_its_node_link(make_sysfs: Any, smt_box: dict[int, dict[str, Any]]) -> None:
     root = make_sysfs(smt_box, nodes={0: [0, 1, 4, 5], 1: [2, 3, 6]})
     (root / "sys/devices/system/cpu/cpu7/node1").mkdir()
     assert read_topology(root).numa_of(7) == 1
@@ -156,7 +160,10 @@ def test_die_and_cluster_ids(make_sysfs: Any) -> None:
     cpus = {cpu: {"package": 0, "die": cpu // 4, "cluster": cpu // 2, "core": (cpu % 4) // 2} for cpu in range(8)}
     topo = read_topology(make_sysfs(cpus, style="list"))
     assert [(c.die, c.cluster, c.core_id, c.cpus) for c in topo.cores] == [
-        (0, 0, 0, (0, 1)), (0, 1, 1, (2, 3)), (1, 2, 0, (4, 5)), (1, 3, 1, (6, 7))
+        (0, 0, 0, (0, 1)),
+        (0, 1, 1, (2, 3)),
+        (1, 2, 0, (4, 5)),
+        (1, 3, 1, (6, 7)),
     ]
     assert topo.sockets == 1
     # Without die_id the two dies' cores would have collapsed into two 4-thread cores.
@@ -166,8 +173,16 @@ def test_die_and_cluster_ids(make_sysfs: Any) -> None:
 def test_sparse_interleaved_numbering(make_sysfs: Any) -> None:
     cpus = {cpu: {"package": cpu % 2, "core": cpu // 8} for cpu in (0, 1, 8, 9, 64, 65, 72, 73)}
     topo = read_topology(make_sysfs(cpus, style="mask"))
-    assert [(c.socket, c.cpus) for c in topo.cores] == [(0, (0,)), (0, (8,)), (0, (64,)), (0, (72,)),
-                                                        (1, (1,)), (1, (9,)), (1, (65,)), (1, (73,))]
+    assert [(c.socket, c.cpus) for c in topo.cores] == [
+        (0, (0,)),
+        (0, (8,)),
+        (0, (64,)),
+        (0, (72,)),
+        (1, (1,)),
+        (1, (9,)),
+        (1, (65,)),
+        (1, (73,)),
+    ]
 
 
 def test_sysfs_root_layout_and_cpuinfo(make_sysfs: Any, smt_box: dict[int, dict[str, Any]]) -> None:
@@ -176,8 +191,7 @@ def test_sysfs_root_layout_and_cpuinfo(make_sysfs: Any, smt_box: dict[int, dict[
     from_sys = read_topology(fs_root / "sys")
     assert from_fs == from_sys
     assert from_fs.model_name == "Intel(R) Xeon(R) Platinum 8480+"
-    assert from_fs.isa_flags == ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
-                                 "amx_int8")
+    assert from_fs.isa_flags == ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
     sys_only = make_sysfs(smt_box, layout="sysfs")
     assert sys_only.name == "sys"
     assert core_sets(sys_only) == SMT_CORES
@@ -217,8 +231,9 @@ def test_not_a_sysfs_tree(tmp_path: Path) -> None:
         ("sys/devices/system/cpu/online", "0-7-9\n", "invalid CPU list"),
     ],
 )
-def test_garbage_files_name_the_file(make_sysfs: Any, smt_box: dict[int, dict[str, Any]], relative: str,
-                                     text: str, fragment: str) -> None:
+def test_garbage_files_name_the_file(
+    make_sysfs: Any, smt_box: dict[int, dict[str, Any]], relative: str, text: str, fragment: str
+) -> None:
     root = make_sysfs(smt_box)
     (root / relative).write_text(text)
     with pytest.raises(TopologyError, match=fragment) as info:

@@ -122,7 +122,8 @@ def _dry_run(args: argparse.Namespace, node: str, topology: Topology) -> int:
             return 2
         out["pods"] = [p.to_dict() for p in pod_patches(pods, node, state, topology)]
     else:
-        log.info("--dry-run without --pods-file: pods cannot be listed without the API, so only the node is shown")
+        print("pinserve agent: --dry-run without --pods-file: pods cannot be listed without the API, "
+              "so only the node is shown", file=sys.stderr)
     json.dump(out, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
@@ -132,7 +133,8 @@ async def _run(config: AgentConfig, topology: Topology, once: bool) -> int:
     try:
         credentials = Credentials.from_environment()
     except Exception as exc:  # the kubernetes package raises its own ConfigException and OSErrors
-        log.error("no API credentials (in-cluster service account or KUBECONFIG): %s", exc)
+        print(f"pinserve agent: no API credentials (in-cluster service account or KUBECONFIG): {exc}",
+              file=sys.stderr)
         return 1
     api = KubeApi(credentials)
     try:

@@ -21,6 +21,8 @@ _SUMMARY_LATENCY_KEYS = ("p50", "p90", "p99", "mean", "max")
 _SUMMARY_THROUGHPUT_KEYS = ("batchSize", "concurrency", "requestsPerSecond", "itemsPerSecond")
 _NOTE_CHARS = 300
 _MESSAGE_CHARS = 1000
+_CODE_CHARS = 64
+_TOP_CODES = 10
 
 
 def now() -> str:
@@ -84,8 +86,9 @@ def _fold_codes(codes: Mapping[str, int], keep: int) -> dict[str, int]:
 def compact_summary(report: Mapping[str, Any], limit: int = SUMMARY_LIMIT) -> bytes:
     """The summary fields of `report` as JSON of at most `limit` bytes.
 
-    Shrinks in order of least value lost: long notes clipped, rare error codes folded into OTHER,
-    notes dropped from the end, the error message clipped; the figures themselves always stay.
+    Shrinks in order of least value lost: long notes and names clipped, error codes beyond the ten most
+    frequent folded into OTHER, notes dropped from the end, more codes folded, the error message clipped;
+    the figures and the error total always stay.
     """
     summary: dict[str, Any] = _pick(report, ("completedAt", "model", "version", "signature", "protocol"))
     if report.get("latencyMs") is not None:
@@ -99,18 +102,30 @@ def compact_summary(report: Mapping[str, Any], limit: int = SUMMARY_LIMIT) -> by
     if "errors" in report:
         summary["errors"] = report["errors"]
     if report.get("errorsByCode"):
-        summary["errorsByCode"] = dict(report["errorsByCode"])
+        codes: dict[str, int] = {}
+        for code, count in report["errorsByCode"].items():
+            key = _clip(str(code), _CODE_CHARS)
+            codes[key] = codes.get(key, 0) + count  # clipping may merge names; keep the total
+        summary["errorsByCode"] = codes
     if report.get("notes"):
         summary["notes"] = [_clip(str(n), _NOTE_CHARS) for n in report["notes"]]
     if report.get("error"):
         err = report["error"]
         summary["error"] = {"reason": err["reason"], "message": _clip(str(err["message"]), _MESSAGE_CHARS)}
 
+    def fold_to_top(s: dict[str, Any]) -> bool:
+        codes = s.get("errorsByCode")
+        if not codes or len(codes) <= _TOP_CODES:
+            return False
+        s["errorsByCode"] = _fold_codes(codes, _TOP_CODES - 1)
+        return True
+
     def fold(s: dict[str, Any]) -> bool:
         codes = s.get("errorsByCode")
         if not codes or len(codes) <= 1:
             return False
-        s["errorsByCode"] = _fold_codes(codes, max(1, len(codes) // 2 - (1 if "OTHER" in codes else 0)))
+        named = len(codes) - (1 if "OTHER" in codes else 0)
+        s["errorsByCode"] = _fold_codes(codes, named // 2)
         return True
 
     def drop_note(s: dict[str, Any]) -> bool:
@@ -136,7 +151,7 @@ def compact_summary(report: Mapping[str, Any], limit: int = SUMMARY_LIMIT) -> by
         del s[removable[0]]
         return True
 
-    for shrink in (fold, drop_note, clip_message, drop_extras):
+    for shrink in (fold_to_top, drop_note, fold, clip_message, drop_extras):
         step: Callable[[dict[str, Any]], bool] = shrink
         while len(_dumps(summary)) > limit and step(summary):
             pass

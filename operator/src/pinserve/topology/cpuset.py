@@ -71,8 +71,8 @@ def parse_cpumask(text: str) -> frozenset[int]:
         return frozenset()
     words = body.split(",")
     value = 0
-    for i, word in enumerate(words):
-        word = word.strip(" \t")
+    for i, raw in enumerate(words):
+        word = raw.strip(" \t")
         # Only the leading word may be short (the kernel trims it to the mask width); a long inner word
         # would silently shift every CPU, so it is rejected as garbage.
         if not word or (i > 0 and len(word) > 8):

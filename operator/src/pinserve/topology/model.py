@@ -283,8 +283,7 @@ class Topology:
         version = data.get("v")
         if version != ANNOTATION_FORMAT_VERSION or isinstance(version, bool):
             raise ValueError(
-                f"unsupported cpu topology format version {version!r} (this build reads "
-                f"{ANNOTATION_FORMAT_VERSION})"
+                f"unsupported cpu topology format version {version!r} (this build reads {ANNOTATION_FORMAT_VERSION})"
             )
         try:
             cores = tuple(_core_from_row(row) for row in _list(data, "cores"))

@@ -46,8 +46,7 @@ def _locate(root: Path) -> tuple[Path, Path]:
         # /sys itself: its parent is the filesystem holding proc/ (true on hosts and in snapshots).
         return root, root.parent
     raise TopologyError(
-        f"{root} is neither a filesystem root (with sys/devices/system/cpu) "
-        "nor a sysfs root (with devices/system/cpu)"
+        f"{root} is neither a filesystem root (with sys/devices/system/cpu) nor a sysfs root (with devices/system/cpu)"
     )
 
 
