@@ -127,18 +127,24 @@ go_install() { # name module-path version
 
 link_all() { local f; for f in "$1"/*; do [ -x "$f" ] && ln -sf "$f" "$out/$(basename "$f")"; done; return 0; }
 
-if [ "${1:-}" = kind ]; then
-  # kind is only needed where Docker runs (make demo, e2e): built on demand.
-  check_sumdb
-  go_install kind sigs.k8s.io/kind "$KIND_VERSION"
-  echo "$out"
-  exit 0
-fi
+# Everything runs from main, so that editing this file while a build runs cannot derail it.
+main() {
+  if [ "${1:-}" = kind ]; then
+    # kind is only needed where Docker runs (make demo, e2e): built on demand.
+    check_sumdb
+    go_install kind sigs.k8s.io/kind "$KIND_VERSION"
+    echo "$out"
+    exit 0
+  fi
 
-check_sumdb
-build_etcd
-go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
-go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
-build_kubernetes
-log "ready: $out"
-echo "$out"
+  check_sumdb
+  build_etcd
+  go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
+  go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
+  build_kubernetes
+  log "ready: $out"
+  echo "$out"
+}
+
+main "$@"
+exit $?

@@ -104,16 +104,16 @@ def modelserver(
     return body
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def topo() -> Callable[..., Topology]:
     return build_topology
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_node() -> Callable[..., dict[str, Any]]:
     return node_object
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_ms() -> Callable[..., dict[str, Any]]:
     return modelserver

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from pinserve.agent import cpumanager
 from pinserve.agent.cpumanager import (
     POLICY_NONE,
     POLICY_STATIC,
@@ -92,10 +93,14 @@ def test_directory_instead_of_file(tmp_path: Path) -> None:
     assert state.reason is not None and "directory" in state.reason
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_file(tmp_path: Path) -> None:
+def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, STATIC)
-    path.chmod(0)
+
+    def denied(*args: Any, **kwargs: Any) -> Any:
+        # What a non-root agent meets in /var/lib/kubelet (mode 0700 on most nodes); chmod would not stop root.
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cpumanager, "open", denied, raising=False)
     state = read_state(path)
     assert state.policy == POLICY_UNKNOWN
     assert state.reason is not None and "cannot read" in state.reason

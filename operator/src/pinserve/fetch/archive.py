@@ -152,6 +152,8 @@ def _unpack_tar(archive: Path, root: Path, uri: str) -> int:
                     continue
                 _check_inside((root / path).parent, root, info.name, uri)
                 tar.extract(info, root, set_attrs=False, **kwargs)
+                if info.issym():  # a chain of links can climb where no single one does
+                    _check_inside(root / path, root, info.name, uri)
                 if info.isfile() or info.islnk():
                     files += 1
                     seen_files.add(str(path))
@@ -184,6 +186,7 @@ def _unpack_zip(archive: Path, root: Path, uri: str) -> int:
                     _check_symlink(info.filename, link, uri)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.symlink(link, target)
+                    _check_inside(target, root, info.filename, uri)
                 elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
                     raise UnsafeArchiveError(f"{uri}: member {info.filename!r} is a device file or FIFO")
                 elif info.is_dir():

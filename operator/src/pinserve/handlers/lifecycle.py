@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -32,6 +35,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     operator_settings = Settings.from_env()
     state.CONTROLLER = Controller(api=KubeApi(Credentials.from_environment()), settings=operator_settings)
     state.RESYNC_TASK = asyncio.create_task(_resync_forever(operator_settings.resync_seconds))
+    stats_file = os.environ.get("PINSERVE_STATS_FILE")
+    if stats_file:
+        state.STATS_TASK = asyncio.create_task(_write_stats_forever(Path(stats_file)))
     log.info("pinserve started: %s", operator_settings)
 
 
@@ -45,12 +51,25 @@ async def _resync_forever(interval: int) -> None:
             log.exception("periodic resync failed")
 
 
+async def _write_stats_forever(path: Path) -> None:
+    """For benchmarks and debugging: the operator's own API requests by verb, and reconciles."""
+    while True:
+        controller = state.CONTROLLER
+        if controller is not None:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"requests": dict(controller.api.requests),
+                                       "reconciles": controller.reconciles}))
+            tmp.replace(path)
+        await asyncio.sleep(1)
+
+
 @kopf.on.cleanup()
 async def shutdown(**_: Any) -> None:
-    if state.RESYNC_TASK is not None:
-        state.RESYNC_TASK.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await state.RESYNC_TASK
+    for task in (state.RESYNC_TASK, state.STATS_TASK):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     if state.CONTROLLER is not None:
         await state.CONTROLLER.api.close()
     state.reset()

@@ -11,6 +11,7 @@ from pinserve.planning import NodeInfo
 
 CONTROLLER: Controller | None = None
 RESYNC_TASK: asyncio.Task[None] | None = None
+STATS_TASK: asyncio.Task[None] | None = None
 # kopf hands indices to handlers only; the resync loop borrows them from the last handler call.
 INDICES: dict[str, Any] = {}
 LAST_NODES: dict[str, NodeInfo] = {}
@@ -23,9 +24,10 @@ ALL_INDEXES = (MODELSERVER_INDEX, NODE_INDEX, POD_INDEX, *CHILD_INDEXES)
 
 
 def reset() -> None:
-    global CONTROLLER, RESYNC_TASK  # noqa: PLW0603  (module state by design)
+    global CONTROLLER, RESYNC_TASK, STATS_TASK  # noqa: PLW0603  (module state by design)
     CONTROLLER = None
     RESYNC_TASK = None
+    STATS_TASK = None
     INDICES.clear()
     LAST_NODES.clear()
 
