@@ -14,7 +14,8 @@ from tensorflow_serving.apis import predict_pb2
 from pinserve.bench.grpc_client import GrpcClient
 from pinserve.bench.inputs import InputOptions, build_inputs
 
-from .conftest import BenchRun, ServedModel, Serving
+# Fixture types live in conftest.py, which is not importable as a module here.
+BenchRun = ServedModel = Serving = Any
 
 pytestmark = pytest.mark.unit
 

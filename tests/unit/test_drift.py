@@ -1,0 +1,102 @@
+"""drift.contains: is what we rendered still in the live object, whatever the API server added?"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from pinserve.drift import contains
+
+pytestmark = pytest.mark.unit
+
+CONTAINER = {
+    "name": "server",
+    "image": "tensorflow/serving:mkl",
+    "args": ["--a", "--b"],
+    "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+    "ports": [{"name": "grpc", "containerPort": 8500, "protocol": "TCP"}],
+    "resources": {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
+    "securityContext": {"allowPrivilegeEscalation": False},
+}
+
+
+def live_container(**changes: Any) -> dict[str, Any]:
+    """CONTAINER as the API server returns it: defaults added, named lists reordered."""
+    live = copy.deepcopy(CONTAINER)
+    live.update(terminationMessagePath="/dev/termination-log", terminationMessagePolicy="File",
+                imagePullPolicy="IfNotPresent")
+    live["env"] = list(reversed(live["env"]))
+    live["ports"][0]["hostPort"] = 0
+    live.update(changes)
+    return live
+
+
+CASES = [
+    # (live, desired, expected)
+    ("same", CONTAINER, CONTAINER, True),
+    ("server defaults", live_container(), CONTAINER, True),
+    ("changed image", live_container(image="x"), CONTAINER, False),
+    ("changed env value", live_container(env=[{"name": "A", "value": "1"}, {"name": "B", "value": "3"}]),
+     CONTAINER, False),
+    ("missing env var", live_container(env=[{"name": "A", "value": "1"}]), CONTAINER, False),
+    ("extra env var from elsewhere", live_container(env=[*CONTAINER["env"], {"name": "C", "value": "x"}]),  # type: ignore[list-item]
+     CONTAINER, True),
+    ("args reordered", live_container(args=["--b", "--a"]), CONTAINER, False),
+    ("args longer", live_container(args=["--a", "--b", "--c"]), CONTAINER, False),
+    ("cpu changed", live_container(resources={"requests": {"cpu": "2", "memory": "8Gi"},
+                                              "limits": {"cpu": "4", "memory": "8Gi"}}), CONTAINER, False),
+    ("missing key", {"name": "server"}, CONTAINER, False),
+    ("bool False vs int 0", {"x": 0}, {"x": False}, False),
+    ("int 1 vs bool True", {"x": True}, {"x": 1}, False),
+    ("bool True", {"x": True}, {"x": True}, True),
+    ("bool flipped", {"x": False}, {"x": True}, False),
+    ("int vs float", {"x": 1.0}, {"x": 1}, True),
+    ("int vs string", {"x": "8500"}, {"x": 8500}, True),  # int-or-string fields come back as written
+    ("string differs", {"x": "a"}, {"x": "b"}, False),
+    ("None vs missing", {}, {"x": None}, False),
+    ("mapping vs scalar", {"x": "a"}, {"x": {"y": 1}}, False),
+    ("list vs scalar", {"x": "a"}, {"x": ["a"]}, False),
+    ("unnamed list by position", {"x": [{"a": 1}, {"a": 2}]}, {"x": [{"a": 1}, {"a": 2}]}, True),
+    ("unnamed list swapped", {"x": [{"a": 2}, {"a": 1}]}, {"x": [{"a": 1}, {"a": 2}]}, False),
+    ("named list, live not all named", {"x": [{"name": "a"}, {"b": 1}]}, {"x": [{"name": "a"}]}, False),
+    ("defaultMode normalised", {"defaultMode": 420}, {"defaultMode": 0o555}, True),
+    ("quantity canonical memory", {"resources": {"limits": {"memory": "1Gi"}}},
+     {"resources": {"limits": {"memory": "1024Mi"}}}, True),
+    ("quantity canonical cpu", {"resources": {"requests": {"cpu": "1"}}},
+     {"resources": {"requests": {"cpu": "1000m"}}}, True),
+    ("quantity changed", {"resources": {"requests": {"memory": "1Gi"}}},
+     {"resources": {"requests": {"memory": "2Gi"}}}, False),
+    ("quantity missing", {"resources": {"requests": {}}}, {"resources": {"requests": {"memory": "1Gi"}}}, False),
+    ("quantities only in resources", {"env": [{"name": "A", "value": "1Gi"}]},
+     {"env": [{"name": "A", "value": "1024Mi"}]}, False),
+    ("omitted empty list", {"name": "server"}, {"name": "server", "args": []}, True),
+    ("omitted empty string", {"mountPath": "/m"}, {"mountPath": "/m", "subPath": ""}, True),
+    ("omitted empty map", {"a": 1}, {"a": 1, "labels": {}}, True),
+    ("present empty map", {"emptyDir": {}}, {"emptyDir": {}}, True),
+    ("empty list but live has items", {"args": ["--x"]}, {"args": []}, False),
+]
+
+
+@pytest.mark.parametrize(("live", "desired", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_contains(live: Any, desired: Any, expected: bool) -> None:
+    assert contains(live, desired) is expected
+
+
+def test_a_live_deployment_with_server_fields_contains_what_we_rendered() -> None:
+    desired = {"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "m", "labels": {"a": "b"}},
+               "spec": {"replicas": 2, "template": {"spec": {"containers": [CONTAINER],
+                                                              "volumes": [{"name": "v", "emptyDir": {}}]}}}}
+    live = copy.deepcopy(desired)
+    live["metadata"].update(uid="u", resourceVersion="7", generation=3, managedFields=[{"manager": "pinserve.io"}],
+                            labels={"a": "b", "added-by": "someone"},
+                            annotations={"deployment.kubernetes.io/revision": "2"})
+    live["spec"]["template"]["spec"]["containers"] = [live_container()]
+    live["spec"]["template"]["spec"].update(dnsPolicy="ClusterFirst", restartPolicy="Always", schedulerName="x")
+    live["spec"]["template"]["spec"]["volumes"].insert(0, {"name": "kube-api-access", "projected": {}})
+    live["status"] = {"readyReplicas": 2}
+    assert contains(live, desired)
+    live["spec"]["replicas"] = 3
+    assert not contains(live, desired)
