@@ -126,11 +126,9 @@ def cached_bin_dir() -> Path | None:
 
 def build_binaries() -> Path:
     """Run tools/testbin.sh (builds on first use, cached afterwards); returns the bin directory."""
-    log("binaries missing: running tools/testbin.sh (a cold build takes tens of minutes)")
+    log("running tools/testbin.sh (reuses its cache; a cold build takes tens of minutes)")
     started = time.monotonic()
-    proc = subprocess.run(
-        ["bash", str(TOOLS_DIR / "testbin.sh")], stdout=subprocess.PIPE, text=True, check=False
-    )
+    proc = subprocess.run(["bash", str(TOOLS_DIR / "testbin.sh")], stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
         raise ClusterError(f"tools/testbin.sh failed with exit code {proc.returncode} (see its output above)")
     lines = proc.stdout.strip().splitlines()
@@ -316,9 +314,7 @@ class Kube:
 
         wait_until(f"nodes {', '.join(sorted(wanted))} to be Ready", probe, timeout=timeout, check=check)
 
-    def wait_for(
-        self, what: str, probe: Callable[[], T | None], *, timeout: float = 60, interval: float = 0.25
-    ) -> T:
+    def wait_for(self, what: str, probe: Callable[[], T | None], *, timeout: float = 60, interval: float = 0.25) -> T:
         return wait_until(what, probe, timeout=timeout, interval=interval)
 
 
@@ -379,9 +375,7 @@ def generate_rsa_key_pair(private_path: Path, public_path: Path) -> None:
             raise ClusterError(
                 "need openssl or the Python `cryptography` package to make the service-account key"
             ) from None
-        subprocess.run(
-            [openssl, "genrsa", "-out", str(private_path), "2048"], check=True, capture_output=True
-        )
+        subprocess.run([openssl, "genrsa", "-out", str(private_path), "2048"], check=True, capture_output=True)
         subprocess.run(
             [openssl, "rsa", "-in", str(private_path), "-pubout", "-out", str(public_path)],
             check=True,
@@ -397,9 +391,7 @@ def generate_rsa_key_pair(private_path: Path, public_path: Path) -> None:
             )
         )
         public_path.write_bytes(
-            key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         )
     private_path.chmod(0o600)
 
@@ -770,12 +762,8 @@ class LocalCluster:
         server = f"https://127.0.0.1:{api_port}"
         kubeconfigs = self.state_dir / "kubeconfigs"
         for user, token in tokens.items():
-            write_kubeconfig(
-                kubeconfigs / f"{user}.kubeconfig", server=server, ca_pem=ca_pem, user=user, token=token
-            )
-        write_kubeconfig(
-            self.kubeconfig, server=server, ca_pem=ca_pem, user="pinserve-admin", token=tokens["admin"]
-        )
+            write_kubeconfig(kubeconfigs / f"{user}.kubeconfig", server=server, ca_pem=ca_pem, user=user, token=token)
+        write_kubeconfig(self.kubeconfig, server=server, ca_pem=ca_pem, user="pinserve-admin", token=tokens["admin"])
 
         def apiserver_ready() -> bool | None:
             status, _ = self._apiserver_get(state, "/readyz", timeout=3)
@@ -858,9 +846,7 @@ class LocalCluster:
             check=check,
             interval=0.3,
         )
-        wait_until(
-            "kube-scheduler /healthz", healthz(ports["scheduler"]), timeout=timeout, check=check, interval=0.3
-        )
+        wait_until("kube-scheduler /healthz", healthz(ports["scheduler"]), timeout=timeout, check=check, interval=0.3)
         self._timed("controllers", started)
 
     def _ensure_nodes(
@@ -887,8 +873,13 @@ class LocalCluster:
         )
         self._timed("default-serviceaccount", started)
         started = time.monotonic()
+        existing = {n["metadata"]["name"] for n in kube.get_json("nodes")["items"]}
+        missing = [n for n in nodes if n["metadata"]["name"] not in existing]
+        if missing:  # one kubectl call, however many nodes (tools/bench_operator.py makes hundreds)
+            kube.kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": missing}))
         for node in nodes:
-            kube.add_node(node, wait=False)
+            if node["metadata"]["name"] in existing:
+                kube.add_node(node, wait=False)  # refreshes labels and annotations
         kube.wait_nodes_ready([n["metadata"]["name"] for n in nodes], timeout=timeout, check=check)
         self._timed("nodes", started)
 

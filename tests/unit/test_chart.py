@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from pinserve import api
+
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -353,7 +355,38 @@ def test_readme_documents_every_value() -> None:
     assert not missing, f"charts/pinserve/README.md does not document: {missing}"
 
 
-def test_notes_show_a_first_modelserver() -> None:
-    notes = (CHART / "templates" / "NOTES.txt").read_text()
-    assert "kind: ModelServer" in notes
+def render_notes(tmp_path: Path, *set_args: str) -> str:
+    """NOTES.txt as `helm install` would print it (helm template skips it): render it through a
+    ConfigMap in a scratch copy of the chart."""
+    chart = tmp_path / "pinserve"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "_notes_check.tpl").write_text(
+        '{{- define "pinserve.notesCheck" -}}\n' + notes + "{{- end -}}\n"
+    )
+    (chart / "templates" / "notes-check.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+        'data:\n  notes: {{ include "pinserve.notesCheck" . | toJson }}\n'
+    )
+    args = ["template", "pinserve", str(chart), "--namespace", NAMESPACE, "--show-only", "templates/notes-check.yaml"]
+    for value in set_args:
+        args += ["--set", value]
+    text = yaml.safe_load(run_helm(*args).stdout)["data"]["notes"]
+    assert isinstance(text, str)
+    return text
+
+
+def test_notes_show_a_first_modelserver(tmp_path: Path) -> None:
+    notes = render_notes(tmp_path)
+    assert "daemonset/pinserve-agent" in notes
+    assert "all namespaces" in notes
     assert "kubectl get msrv" in notes
+    # The inline example is a valid ModelServer.
+    # Copy-pasteable: the heredoc's terminator starts its line.
+    example = notes.split("kubectl apply -f - <<'YAML'\n", 1)[1].split("\nYAML\n", 1)[0]
+    doc = yaml.safe_load(example)
+    assert doc["kind"] == "ModelServer"
+    assert api.parse_modelserver(doc).spec.resources.physical_cores == 1
+    without_agent = render_notes(tmp_path / "b", "agent.enabled=false", "operator.namespaces={a,b}")
+    assert "Agent:    disabled" in without_agent
+    assert "Watching: a, b" in without_agent

@@ -18,7 +18,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -147,10 +147,18 @@ def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+class Runner(Protocol):
+    def __call__(
+        self,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        taskset: str | None = None,
+        script: Path | None = None,
+    ) -> Run: ...
+
+
 @pytest.fixture
-def run(
-    shell: tuple[str, ...], script_path: Path, fake_server: Path
-) -> Any:  # a callable; Any keeps the fixture signature readable
+def run(shell: tuple[str, ...], script_path: Path, fake_server: Path) -> Runner:
     def _run(
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
@@ -356,7 +364,7 @@ def snapshot_env(snap: Snapshot | Path, status: Path) -> dict[str, str]:
 @pytest.mark.parametrize("case", DERIVED)
 @pytest.mark.parametrize("name", SNAPSHOT_NAMES)
 def test_snapshot_counts_match_hwloc(
-    run: Any, snapshots: dict[str, Snapshot], tmp_path: Path, name: str, case: str
+    run: Runner, snapshots: dict[str, Snapshot], tmp_path: Path, name: str, case: str
 ) -> None:
     snap = snapshots[name]
     allowed = sorted(_derived_cases(snap)[case])
@@ -387,17 +395,11 @@ HAND_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("name", "cpus", "want"), HAND_CASES, ids=[f"{n}:{c}" for n, c, _ in HAND_CASES]
-)
+@pytest.mark.parametrize("case", HAND_CASES, ids=[f"{n}:{c}" for n, c, _ in HAND_CASES])
 def test_snapshot_hand_checked(
-    run: Any,
-    snapshots: dict[str, Snapshot],
-    tmp_path: Path,
-    name: str,
-    cpus: str,
-    want: dict[str, Any],
+    run: Runner, snapshots: dict[str, Snapshot], tmp_path: Path, case: tuple[str, str, dict[str, Any]]
 ) -> None:
+    name, cpus, want = case
     snap = snapshots[name]
     allowed = expand(cpus)
     assert snap.console.expect(allowed) == want  # the console parser agrees with the hand count
@@ -414,7 +416,7 @@ def test_hex_only_snapshot_has_no_list_files(snapshots: dict[str, Snapshot]) -> 
         assert not (topo / "die_id").exists()
 
 
-def test_nul_terminated_files(run: Any, snapshots: dict[str, Snapshot], tmp_path: Path) -> None:
+def test_nul_terminated_files(run: Runner, snapshots: dict[str, Snapshot], tmp_path: Path) -> None:
     snap = snapshots["16em64t-4s2c2t-offlines"]
     copy = tmp_path / "sys"
     shutil.copytree(snap.sys_root / "devices" / "system" / "cpu", copy / "devices" / "system" / "cpu")
@@ -443,9 +445,7 @@ def python_count(cpus: list[int]) -> tuple[int, bool]:
     for cpu in cpus:
         topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
         assert topo.is_dir(), f"cpu{cpu} has no topology"
-        key = tuple(
-            _read(topo / f) for f in ("physical_package_id", "die_id", "core_id", "thread_siblings")
-        )
+        key = tuple(_read(topo / f) for f in ("physical_package_id", "die_id", "core_id", "thread_siblings"))
         per_core[key] += 1
     return len(per_core), any(n > 1 for n in per_core.values())
 
@@ -468,8 +468,8 @@ def taskset() -> str:
     return path
 
 
-@pytest.mark.parametrize("cpus", _taskset_sets(), ids=lambda c: cpu_list(c))
-def test_real_sys_under_taskset(run: Any, taskset: str, cpus: list[int]) -> None:
+@pytest.mark.parametrize("cpus", _taskset_sets(), ids=cpu_list)
+def test_real_sys_under_taskset(run: Runner, taskset: str, cpus: list[int]) -> None:
     # Default PINSERVE_SYSFS_ROOT and PINSERVE_PROC_STATUS: the real /sys and /proc/self/status.
     result = run(taskset=cpu_list(cpus))
     cores, smt = python_count(cpus)
@@ -480,14 +480,14 @@ def test_real_sys_under_taskset(run: Any, taskset: str, cpus: list[int]) -> None
     )
 
 
-def test_exec_replaces_the_shell(run: Any) -> None:
+def test_exec_replaces_the_shell(run: Runner) -> None:
     result = run()
     assert result.returncode == 0, result.stderr
     # Same pid: the server is the container's main process and gets its signals directly.
     assert result.server["pid"] == result.shell_pid
 
 
-def test_one_cpu_caps_inter_op(run: Any, taskset: str) -> None:
+def test_one_cpu_caps_inter_op(run: Runner, taskset: str) -> None:
     result = run(taskset=cpu_list(sorted(os.sched_getaffinity(0))[:1]))
     assert result.log["TENSORFLOW_INTER_OP_PARALLELISM"] == "1"
     assert result.env["TENSORFLOW_INTER_OP_PARALLELISM"] == "1"
@@ -497,7 +497,7 @@ def test_one_cpu_caps_inter_op(run: Any, taskset: str) -> None:
 # --- fallbacks ---------------------------------------------------------------------------------------
 
 
-def test_unreadable_topology_counts_allowed_cpus(run: Any, tmp_path: Path) -> None:
+def test_unreadable_topology_counts_allowed_cpus(run: Runner, tmp_path: Path) -> None:
     empty = tmp_path / "emptysys"
     empty.mkdir()
     result = run(env=snapshot_env(empty, status_file(tmp_path, "4-6,9")))
@@ -513,7 +513,7 @@ def test_unreadable_topology_counts_allowed_cpus(run: Any, tmp_path: Path) -> No
     assert result.env["KMP_AFFINITY"] == FLAT_AFFINITY
 
 
-def test_unreadable_status_uses_nproc(run: Any, taskset: str, tmp_path: Path) -> None:
+def test_unreadable_status_uses_nproc(run: Runner, taskset: str, tmp_path: Path) -> None:
     first = sorted(os.sched_getaffinity(0))[:1]
     result = run(env={"PINSERVE_PROC_STATUS": str(tmp_path / "missing")}, taskset=cpu_list(first))
     assert result.returncode == 0, result.stderr
@@ -554,7 +554,7 @@ THREAD_FLAGS = ["--tensorflow_intra_op_parallelism=2", "--tensorflow_inter_op_pa
     ],
 )
 def test_thread_config_modes(
-    run: Any,
+    run: Runner,
     smt2_env: dict[str, str],
     mode: str,
     want_env: dict[str, str | None],
@@ -567,7 +567,7 @@ def test_thread_config_modes(
     assert result.log["thread_config"] == (mode or "both")
 
 
-def test_full_argv_order_and_passthrough(run: Any, smt2_env: dict[str, str]) -> None:
+def test_full_argv_order_and_passthrough(run: Runner, smt2_env: dict[str, str]) -> None:
     extra = ("--file_system_poll_wait_seconds=0", "two words", "*", "$HOME", "")
     result = run(
         env={
@@ -595,7 +595,7 @@ def test_full_argv_order_and_passthrough(run: Any, smt2_env: dict[str, str]) -> 
     ]
 
 
-def test_empty_optional_paths_add_no_flags(run: Any, smt2_env: dict[str, str]) -> None:
+def test_empty_optional_paths_add_no_flags(run: Runner, smt2_env: dict[str, str]) -> None:
     env = {**smt2_env, "PINSERVE_BATCHING_CONFIG": "", "PINSERVE_MONITORING_CONFIG": ""}
     env |= {"PINSERVE_MODEL_NAME": "", "PINSERVE_MODEL_BASE_PATH": "", "PINSERVE_THREAD_CONFIG": "env"}
     result = run(env=env, args=("--model_config_file=/etc/models.config",))
@@ -603,7 +603,7 @@ def test_empty_optional_paths_add_no_flags(run: Any, smt2_env: dict[str, str]) -
     assert result.argv == ["--port=8500", "--rest_api_port=8501", "--model_config_file=/etc/models.config"]
 
 
-def test_user_set_omp_is_kept_and_drives_intra(run: Any, smt2_env: dict[str, str]) -> None:
+def test_user_set_omp_is_kept_and_drives_intra(run: Runner, smt2_env: dict[str, str]) -> None:
     for mode in ("both", "flags"):
         result = run(env={**smt2_env, "OMP_NUM_THREADS": "3", "PINSERVE_THREAD_CONFIG": mode})
         assert result.returncode == 0, result.stderr
@@ -617,7 +617,7 @@ def test_user_set_omp_is_kept_and_drives_intra(run: Any, smt2_env: dict[str, str
     assert result.env["TENSORFLOW_INTRA_OP_PARALLELISM"] is None  # flags mode exports nothing
 
 
-def test_user_set_intra_drives_omp(run: Any, smt2_env: dict[str, str]) -> None:
+def test_user_set_intra_drives_omp(run: Runner, smt2_env: dict[str, str]) -> None:
     result = run(env={**smt2_env, "TENSORFLOW_INTRA_OP_PARALLELISM": "5"})
     assert result.returncode == 0, result.stderr
     assert result.log["user_set"] == "TENSORFLOW_INTRA_OP_PARALLELISM"
@@ -625,7 +625,7 @@ def test_user_set_intra_drives_omp(run: Any, smt2_env: dict[str, str]) -> None:
     assert "--tensorflow_intra_op_parallelism=5" in result.argv
 
 
-def test_all_user_values_kept(run: Any, smt2_env: dict[str, str]) -> None:
+def test_all_user_values_kept(run: Runner, smt2_env: dict[str, str]) -> None:
     user = {
         "OMP_NUM_THREADS": "6",
         "TENSORFLOW_INTRA_OP_PARALLELISM": "7",
@@ -644,7 +644,7 @@ def test_all_user_values_kept(run: Any, smt2_env: dict[str, str]) -> None:
     assert result.argv[-2:] == ["--tensorflow_intra_op_parallelism=7", "--tensorflow_inter_op_parallelism=4"]
 
 
-def test_user_set_inter_op_is_not_capped(run: Any, snapshots: dict[str, Snapshot], tmp_path: Path) -> None:
+def test_user_set_inter_op_is_not_capped(run: Runner, snapshots: dict[str, Snapshot], tmp_path: Path) -> None:
     env = snapshot_env(snapshots["8em64t-2s2ca2c"], status_file(tmp_path, "3"))
     result = run(env={**env, "TENSORFLOW_INTER_OP_PARALLELISM": "4"})
     assert result.returncode == 0, result.stderr
@@ -653,13 +653,13 @@ def test_user_set_inter_op_is_not_capped(run: Any, snapshots: dict[str, Snapshot
     assert default.log["TENSORFLOW_INTER_OP_PARALLELISM"] == "1"
 
 
-def test_empty_user_value_counts_as_unset(run: Any, smt2_env: dict[str, str]) -> None:
+def test_empty_user_value_counts_as_unset(run: Runner, smt2_env: dict[str, str]) -> None:
     result = run(env={**smt2_env, "OMP_NUM_THREADS": ""})
     assert result.log["user_set"] == "none"
     assert result.env["OMP_NUM_THREADS"] == "2"
 
 
-def test_non_numeric_user_thread_count_fails_clearly_with_flags(run: Any, smt2_env: dict[str, str]) -> None:
+def test_non_numeric_user_thread_count_fails_clearly_with_flags(run: Runner, smt2_env: dict[str, str]) -> None:
     result = run(env={**smt2_env, "TENSORFLOW_INTER_OP_PARALLELISM": "two"})
     assert result.returncode == 2
     assert "TENSORFLOW_INTER_OP_PARALLELISM='two'" in result.stderr
@@ -669,24 +669,20 @@ def test_non_numeric_user_thread_count_fails_clearly_with_flags(run: Any, smt2_e
     assert env_only.env["TENSORFLOW_INTER_OP_PARALLELISM"] == "two"
 
 
-def test_bad_thread_config_fails_clearly(run: Any, smt2_env: dict[str, str]) -> None:
+def test_bad_thread_config_fails_clearly(run: Runner, smt2_env: dict[str, str]) -> None:
     result = run(env={**smt2_env, "PINSERVE_THREAD_CONFIG": "Both"})
     assert result.returncode == 2
     assert "PINSERVE_THREAD_CONFIG='Both'" in result.stderr
     assert result.stdout == ""
 
 
-@pytest.mark.parametrize(
-    ("planned", "want"), [("2", ("2", "true")), ("4", ("4", "false")), ("", ("none", "unknown"))]
-)
-def test_planned_cores_compared(
-    run: Any, smt2_env: dict[str, str], planned: str, want: tuple[str, str]
-) -> None:
+@pytest.mark.parametrize(("planned", "want"), [("2", ("2", "true")), ("4", ("4", "false")), ("", ("none", "unknown"))])
+def test_planned_cores_compared(run: Runner, smt2_env: dict[str, str], planned: str, want: tuple[str, str]) -> None:
     result = run(env={**smt2_env, "PINSERVE_PLANNED_CORES": planned})
     assert (result.log["planned_cores"], result.log["planned_match"]) == want
 
 
-def test_log_line_is_the_only_stderr_output(run: Any, smt2_env: dict[str, str]) -> None:
+def test_log_line_is_the_only_stderr_output(run: Runner, smt2_env: dict[str, str]) -> None:
     result = run(env={**smt2_env, "PINSERVE_PLANNED_CORES": "2", "KMP_SETTINGS": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.endswith("\n")
@@ -714,9 +710,7 @@ def test_log_line_is_the_only_stderr_output(run: Any, smt2_env: dict[str, str]) 
 # --- rendering ------------------------------------------------------------------------------------------
 
 
-def test_rendered_defaults_are_used(
-    run: Any, snapshots: dict[str, Snapshot], tmp_path: Path
-) -> None:
+def test_rendered_defaults_are_used(run: Runner, snapshots: dict[str, Snapshot], tmp_path: Path) -> None:
     script = tmp_path / "custom.sh"
     script.write_text(render_start_script(default_inter_op=4, default_kmp_blocktime=0))
     snap = snapshots["8em64t-2s2ca2c"]

@@ -33,7 +33,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_topology(args: argparse.Namespace) -> int:
     from pinserve.topology_report import machine_report, render_text  # noqa: PLC0415
 
-    report = machine_report(args.sysfs_root)
+    try:
+        report = machine_report(args.sysfs_root)
+    except (ValueError, OSError) as exc:  # TopologyError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(report, indent=2) if args.json else render_text(report))
     return 0
 
@@ -43,11 +47,11 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from pinserve.offline import render_documents  # noqa: PLC0415
     from pinserve.planning import PlanError  # noqa: PLC0415
 
-    text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
     try:
+        text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
         docs = [d for d in yaml.safe_load_all(text) if d]
         objects, notes = render_documents(docs, args.topology)
-    except (InvalidSpecError, PlanError, ValueError, yaml.YAMLError) as exc:
+    except (InvalidSpecError, PlanError, ValueError, yaml.YAMLError, OSError) as exc:
         field = getattr(exc, "field", None)
         print(f"error: {exc}" if field is None or str(exc).startswith(field) else f"error: {field}: {exc}",
               file=sys.stderr)
@@ -63,12 +67,6 @@ class _PlainDumper(yaml.SafeDumper):
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
-
-
-def _cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
-    from pinserve.bench.cli import main as bench_main  # noqa: PLC0415
-
-    return bench_main(rest)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,13 +88,31 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="benchmark a TensorFlow Serving endpoint (see `pinserve bench --help`)",
                    add_help=False)
+    sub.add_parser("fetch-model", help="download and unpack a SavedModel (the model init container)",
+                   add_help=False)
+    sub.add_parser("agent", help="the node agent: publish CPU topology and pod cpusets (DaemonSet)",
+                   add_help=False)
     return parser
+
+
+def _delegate(command: str, rest: list[str]) -> int:
+    """Sub-commands with their own argument parsers (and heavier imports)."""
+    if command == "bench":
+        from pinserve.bench.cli import main as delegate  # noqa: PLC0415
+    elif command == "fetch-model":
+        from pinserve.fetch import main as delegate  # noqa: PLC0415
+    else:
+        from pinserve.agent.cli import main as delegate  # noqa: PLC0415
+    return delegate(rest)
+
+
+_DELEGATED = ("bench", "fetch-model", "agent")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench":
-        return _cmd_bench(argparse.Namespace(), argv[1:])
+    if argv and argv[0] in _DELEGATED:
+        return _delegate(argv[0], argv[1:])
     args = _parser().parse_args(argv)
     handlers: dict[str, Any] = {
         "run": _cmd_run,

@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pinserve import __version__
 from pinserve.fetch.errors import (
@@ -69,13 +70,15 @@ def _attempt(source: Source, target: Path, timeout: float) -> Download:
     for name, value in source.auth_headers().items():
         # Unredirected: credentials never follow a redirect to another host.
         request.add_unredirected_header(name.capitalize(), value)
+    host = urlsplit(source.url).netloc
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
         detail = _error_detail(err)
         who = f"as {source.auth}" if source.signer else "anonymously (no credentials in the environment)"
         if err.code in (404, 410):
-            raise NotFoundError(f"{source.uri}: HTTP {err.code}, no such object at {source.url}{detail}") from None
+            at = f" at {source.url}" if source.url != source.uri else ""
+            raise NotFoundError(f"{source.uri}: HTTP {err.code}, no such object{at}{detail}") from None
         if err.code in (401, 403):
             raise ForbiddenError(f"{source.uri}: HTTP {err.code}, access denied {who}{detail}; "
                             "check spec.model.credentialsSecret") from None
@@ -84,15 +87,15 @@ def _attempt(source: Source, target: Path, timeout: float) -> Download:
         raise DownloadFailedError(f"{source.uri}: HTTP {err.code} {err.reason}{detail}") from None
     except urllib.error.URLError as err:
         if isinstance(err.reason, ssl.SSLCertVerificationError):
-            raise DownloadFailedError(f"{source.uri}: TLS certificate of {source.url} not trusted: "
+            raise DownloadFailedError(f"{source.uri}: TLS certificate of {host} not trusted: "
                                  f"{err.reason.verify_message}") from None
         if isinstance(err.reason, TimeoutError):
-            raise _RetryableError(f"no answer within {timeout:g}s from {source.url}", timeout=True) from None
-        raise _RetryableError(f"cannot connect to {source.url}: {err.reason}") from None
+            raise _RetryableError(f"no answer within {timeout:g}s from {host}", timeout=True) from None
+        raise _RetryableError(f"cannot connect to {host}: {err.reason}") from None
     except TimeoutError:
-        raise _RetryableError(f"no answer within {timeout:g}s from {source.url}", timeout=True) from None
+        raise _RetryableError(f"no answer within {timeout:g}s from {host}", timeout=True) from None
     except (OSError, http.client.HTTPException) as err:
-        raise _RetryableError(f"connection to {source.url} failed: {err!r}") from None
+        raise _RetryableError(f"connection to {host} failed: {err!r}") from None
 
     with response:
         expected = response.headers.get("Content-Length")

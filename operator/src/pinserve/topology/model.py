@@ -7,7 +7,7 @@ order) so that two equal machines compare equal and the annotation written for a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -82,7 +82,7 @@ class Topology:
     numa_nodes: tuple[NumaNode, ...] = ()
     offline: tuple[int, ...] = ()
     model_name: str = ""
-    isa_flags: tuple[str, ...] = field(default=())
+    isa_flags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         cores = tuple(sorted(self.cores, key=Core._order))
