@@ -206,6 +206,7 @@ class FakeServing(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, behaviour: Behaviour) -> None:
         self.behaviour = behaviour
         self.calls = 0
+        self.handled_s: list[float] = []  # how long `behaviour` really took, per call, in completion order
         self.lock = threading.Lock()
 
     def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
@@ -221,7 +222,12 @@ class FakeServing(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         with self.lock:
             self.calls += 1
-        self.behaviour(request, context)
+        start = time.perf_counter()
+        try:
+            self.behaviour(request, context)
+        finally:
+            with self.lock:
+                self.handled_s.append(time.perf_counter() - start)
         response = predict_pb2.PredictResponse()
         response.outputs["y"].CopyFrom(tf.make_tensor_proto(np.zeros(1, np.float32)))
         return response

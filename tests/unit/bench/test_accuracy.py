@@ -1,10 +1,12 @@
-"""Reported percentiles against a server whose latency distribution is known exactly.
+"""Reported percentiles against a server whose latency distribution is known.
 
-The server sleeps a delay taken in turn from a fixed list, so the true distribution of what the client
-measures is that list plus the transport's overhead, which is positive and small. The assertions compare
-reported figures to the list's own percentiles: the lower bound is exact (a sleep never ends early, so
-every order statistic dominates the list's), the upper bound allows a few percent plus the overhead the
-same server shows with no delay at all (measured first, so a loaded machine does not fail the test).
+The server sleeps a delay taken in turn from a fixed list and records how long each sleep really took
+(a sleep ends late on a busy machine, never early). The client's latency for a request is that delay plus
+a transport overhead that is never negative, so every order statistic the client reports is bounded below
+exactly by the injected delays' and above by them plus the overhead. The tests check the reported
+figures against the injected delays' own percentiles with that bound: a few percent, plus the round trip
+the same server shows with no delay (measured first, so a loaded machine does not fail the test). No
+assertion depends on how fast the machine is.
 """
 
 from __future__ import annotations
@@ -13,21 +15,21 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.unit
 
-# 100 evenly spaced delays, 5.0 to 54.5 ms, so no percentile sits on a cliff where one outlier moves it far.
+# 100 evenly spaced delays, 5.0 to 54.5 ms: no percentile sits on a cliff where one outlier moves it far.
 DELAYS_MS = [5.0 + 0.5 * i for i in range(100)]
 ORDER = [DELAYS_MS[(i * 37) % 100] for i in range(100)]  # 37 is coprime to 100: a permutation
 TOLERANCE = 0.03
-ROUNDING_MS = 0.001
+ROUNDING_MS = 0.001  # reports carry microseconds
 
 
-def _true_percentile(values: list[float], p: float) -> float:
+def _percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
 
@@ -45,25 +47,23 @@ def _cycling_sleeper(order: list[float]) -> Callable[[Any, Any], None]:
     return behaviour
 
 
-def _latency_run(fake_serving: Any, run_bench: Any, order: list[float]) -> dict[str, Any]:
+def _latency_run(fake_serving: Any, run_bench: Any, order: list[float]) -> tuple[dict[str, Any], list[float]]:
+    """Report of a latency run and the delays the server really applied (ms), one per measured request."""
     server = fake_serving(_cycling_sleeper(order))
     run = run_bench(
         "--target", server.target, "--model", "fake", "--mode", "latency",
         "--warmup", "0", "--requests", str(len(order)), "--quiet",
     )  # fmt: skip
     assert run.code == 0, run.stderr
-    report: dict[str, Any] = run.report
-    return report
+    return run.report, [s * 1000 for s in server.servicer.handled_s]
 
 
 @pytest.fixture
 def overhead_ms(fake_serving: Any, run_bench: Any) -> float:
-    """What this machine adds, right now, to a sleeping request: p90 over a constant 10 ms delay.
-
-    It covers the transport and the sleep's late wake-up, which grows with the machine's load.
-    """
-    p90: float = _latency_run(fake_serving, run_bench, [10.0] * 64)["latencyMs"]["p90"]
-    return p90 - 10.0
+    """p90 of the round trip with no delay: what transport and scheduling add on this machine now."""
+    report, _ = _latency_run(fake_serving, run_bench, [0.0] * 100)
+    p90: float = report["latencyMs"]["p90"]
+    return p90
 
 
 def test_order_is_a_permutation() -> None:
@@ -73,24 +73,25 @@ def test_order_is_a_permutation() -> None:
 def test_latency_percentiles_match_the_injected_distribution(
     fake_serving: Any, run_bench: Any, overhead_ms: float
 ) -> None:
-    # Warm-up 0 and 100 requests: the measured requests see each delay exactly once.
-    lat = _latency_run(fake_serving, run_bench, ORDER)["latencyMs"]
-    checks = {
-        "p50": _true_percentile(DELAYS_MS, 50),
-        "p90": _true_percentile(DELAYS_MS, 90),
-        "mean": sum(DELAYS_MS) / len(DELAYS_MS),
-        "min": min(DELAYS_MS),
-        "max": max(DELAYS_MS),
+    # Warm-up 0 and 100 requests: the measured requests see each delay of the list exactly once.
+    report, applied = _latency_run(fake_serving, run_bench, ORDER)
+    lat = report["latencyMs"]
+    assert len(applied) == 100
+    # The applied delays are the list, give or take the sleeps' late wake-ups.
+    assert all(a >= d for a, d in zip(applied, ORDER, strict=True))
+    truth = {
+        "p50": _percentile(applied, 50),
+        "p90": _percentile(applied, 90),
+        "mean": sum(applied) / len(applied),
+        "min": min(applied),
     }
-    for key, true in checks.items():
-        if key == "max":
-            # One unlucky request is enough to move the max; only the lower bound is exact.
-            assert lat[key] >= true - ROUNDING_MS
-            continue
-        assert true - ROUNDING_MS <= lat[key] <= true * (1 + TOLERANCE) + overhead_ms, (key, lat, overhead_ms)
+    for key, true in truth.items():
+        assert true - ROUNDING_MS <= lat[key] <= true * (1 + TOLERANCE) + overhead_ms, (key, true, lat, overhead_ms)
+    # ...and against the nominal list, for the record: p50 29.5 ms and p90 49.5 ms by construction.
+    assert lat["p50"] >= _percentile(DELAYS_MS, 50) - ROUNDING_MS
+    assert lat["p90"] >= _percentile(DELAYS_MS, 90) - ROUNDING_MS
+    assert lat["max"] >= max(applied) - ROUNDING_MS
     assert lat["p99"] is None  # 100 samples cannot support p99
-    true_sd = (sum((d - checks["mean"]) ** 2 for d in DELAYS_MS) / 99) ** 0.5
-    assert lat["stddev"] == pytest.approx(true_sd, rel=0.10)
 
 
 def test_throughput_latency_under_load(fake_serving: Any, run_bench: Any, overhead_ms: float) -> None:
@@ -103,6 +104,7 @@ def test_throughput_latency_under_load(fake_serving: Any, run_bench: Any, overhe
     thr = run.report["throughput"]
     # Every request the server saw was counted: one warm-up per worker, then the timed ones, none dropped.
     assert server.servicer.calls == thr["requests"] + 4
-    true = _true_percentile(DELAYS_MS, 50)
-    assert abs(thr["latencyMs"]["p50"] - true) <= true * 0.05 + overhead_ms, (thr, overhead_ms)
+    applied = [s * 1000 for s in server.servicer.handled_s[4:]]  # the warm-up round completes first
+    true = _percentile(applied, 50)
+    assert true - ROUNDING_MS <= thr["latencyMs"]["p50"] <= true * (1 + TOLERANCE) + overhead_ms, (true, thr)
     assert thr["itemsPerSecond"] == pytest.approx(2 * thr["requestsPerSecond"], rel=1e-3)

@@ -222,8 +222,7 @@ def test_topology_json(capsys: pytest.CaptureFixture[str], snapshot: str, expect
     cores = report["cores"]
     assert len(cores) == expect["physicalCores"]
     assert sum(len(c["cpus"]) for c in cores) == expect["logicalCpus"]
-    assert {c["socket"] for c in cores} == set(range(expect["sockets"])) or len({c["socket"] for c in cores}) == \
-        expect["sockets"]
+    assert len({c["socket"] for c in cores}) == expect["sockets"]
     assert all(isinstance(c["socket"], int) and all(isinstance(x, int) for x in c["cpus"]) for c in cores)
     rec = report["recommended"]
     assert rec["OMP_NUM_THREADS"] == rec["TENSORFLOW_INTRA_OP_PARALLELISM"] == expect["physicalCores"]
@@ -255,6 +254,7 @@ def test_entry_point_renders_an_example() -> None:
     assert result.returncode == 0, result.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(result.stdout) if d]
     assert kinds == ["ConfigMap", "Service", "Deployment"]
-    bad = subprocess.run([str(exe), "render", "-f", "-"], input="kind: ModelServer\nmetadata: {name: m}\nspec: {resources: {}}\n",
-                         capture_output=True, text=True, timeout=120, check=False)
+    invalid = "kind: ModelServer\nmetadata: {name: m}\nspec: {resources: {}}\n"
+    bad = subprocess.run([str(exe), "render", "-f", "-"], input=invalid, capture_output=True, text=True,
+                         timeout=120, check=False)
     assert bad.returncode == 2 and "spec." in bad.stderr
