@@ -118,9 +118,12 @@ def test_benchmark_runs_once_ready_and_lands_in_status(cluster: Any, operator: A
         # A report that cannot be read is not retried: the client would write the same again.
         ("this is not json {", 0, "BadReport", ("bx-bench-1",)),
         (json.dumps({**REPORT, "notes": ["x" * 5000]}), 0, "BadReport", ("bx-bench-1",)),
-        # A failed run is retried (PINSERVE_BENCH_RETRIES=1), then reported with the client's reason.
-        (json.dumps({"error": {"reason": "ModelNotFound", "message": "model bx is not served"}}), 3, "ModelNotFound",
+        # A transient failure is retried (PINSERVE_BENCH_RETRIES=1), then reported with the client's reason.
+        (json.dumps({"error": {"reason": "Unavailable", "message": "connection refused"}}), 4, "Unavailable",
          ("bx-bench-1", "bx-bench-1-r1")),
+        # A permanent one is not.
+        (json.dumps({"error": {"reason": "ModelNotFound", "message": "model bx is not served"}}), 3, "ModelNotFound",
+         ("bx-bench-1",)),
     ],
 )
 def test_bad_or_failed_benchmarks_become_conditions(cluster: Any, operator: Any, namespace: str, message: str,

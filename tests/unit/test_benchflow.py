@@ -176,11 +176,27 @@ def test_bad_report_is_a_condition_not_an_exception(make_ms: Callable[..., Any],
 # -- retries ----------------------------------------------------------------------------------------------
 
 
+def test_permanent_client_failures_are_not_retried(make_ms: Callable[..., Any], placement: Placement) -> None:
+    ms = ms_of(make_ms, generation=3)
+    message = json.dumps({"error": {"reason": "ModelNotFound", "message": "no model rfcn"}})
+    decision = decide(ms, placement, jobs=[job("rfcn-bench-3", "3", "Failed")],
+                      pods=[bench_pod("rfcn-bench-3", message, 1)])
+    assert (decision.condition.status, decision.condition.reason) == ("False", "ModelNotFound")
+    assert decision.apply == []
+
+
+def test_a_finished_job_waits_for_its_pod_before_judging(make_ms: Callable[..., Any], placement: Placement) -> None:
+    ms = ms_of(make_ms, generation=3)
+    decision = decide(ms, placement, jobs=[job("rfcn-bench-3", "3", "Complete")], pods=[])
+    assert (decision.condition.status, decision.condition.reason) == ("Unknown", "Running")
+    assert decision.apply == [] and decision.status is None
+
+
 @pytest.mark.parametrize(("state", "message", "reason"), [
     ("Failed", None, "NoReport"),
     ("Complete", None, "NoReport"),
     ("Failed", json.dumps(SUMMARY), "BenchmarkFailed"),
-    ("Failed", json.dumps({"error": {"reason": "ModelNotFound", "message": "no model rfcn"}}), "ModelNotFound"),
+    ("Failed", json.dumps({"error": {"reason": "Unavailable", "message": "connection refused"}}), "Unavailable"),
 ])
 def test_failures_are_retried_then_reported(make_ms: Callable[..., Any], placement: Placement, state: str,
                                             message: str | None, reason: str) -> None:
@@ -215,7 +231,7 @@ def test_failures_are_retried_then_reported(make_ms: Callable[..., Any], placeme
 
 def test_no_retries_configured(make_ms: Callable[..., Any], placement: Placement) -> None:
     decision = decide(ms_of(make_ms), placement, jobs=[job("rfcn-bench-3", "3", "Failed")],
-                      settings=Settings(bench_retries=0))
+                      pods=[bench_pod("rfcn-bench-3", None, 1)], settings=Settings(bench_retries=0))
     assert (decision.condition.status, decision.condition.reason) == ("False", "NoReport")
 
 
@@ -244,9 +260,10 @@ def test_on_demand_request_starts_a_new_run(make_ms: Callable[..., Any], placeme
     assert started["metadata"]["labels"][LABEL_RUN_KEY] == key
     # Its retry keeps the run key and is told apart from the first attempt.
     failed = decide(ms, placement, jobs=[job("rfcn-bench-3", "3", "Complete"),
-                                         job(started["metadata"]["name"], key, "Failed")])
+                                         job(started["metadata"]["name"], key, "Failed")],
+                    pods=[bench_pod(started["metadata"]["name"], None, 1)])
     [retry] = failed.apply
-    assert retry["metadata"]["name"] == f"rfcn-bench-3-r1-{key.split('-')[1]}"
+    assert retry["metadata"]["name"] == f"rfcn-bench-3-{key.split('-')[1]}-r1"
 
 
 # -- clean-up ---------------------------------------------------------------------------------------------

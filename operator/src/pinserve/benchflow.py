@@ -21,6 +21,8 @@ from pinserve.settings import Settings
 from pinserve.status import Condition
 
 ANNOTATION_REQUESTED = "pinserve.io/benchmark-requested"
+# Client failures that another attempt cannot fix (the bench client's reasons).
+PERMANENT_FAILURES = frozenset({"ModelNotFound", "SignatureNotFound", "InvalidArgument", "InvalidInput", "Usage"})
 MAX_MESSAGE = 4096
 _LATENCY_KEYS = ("p50", "p90", "p99", "mean", "max", "min", "stddev")
 
@@ -59,6 +61,10 @@ def _job_state(job: Mapping[str, Any]) -> str:
     if status.get("failed"):
         return "Failed"
     return "Running"
+
+
+def _has_pod(pods: Sequence[Mapping[str, Any]], job_name: str) -> bool:
+    return any(((p.get("metadata") or {}).get("labels") or {}).get("job-name") == job_name for p in pods)
 
 
 def termination_message(pods: Sequence[Mapping[str, Any]], job_name: str) -> str | None:
@@ -183,7 +189,7 @@ def evaluate(
     )
     attempt = len(mine)
     if not mine:
-        job = render_bench_job(ms, settings, bench_job_name(ms, ms.ref.generation, 0) + _suffix(key), key)
+        job = render_bench_job(ms, settings, bench_job_name(ms, key), key)
         return BenchDecision(Condition("Benchmarked", "Unknown", "Running", f"started {job['metadata']['name']}"),
                              apply=[job], delete=cleanup)
     last = mine[-1]
@@ -193,6 +199,10 @@ def evaluate(
         return BenchDecision(Condition("Benchmarked", "Unknown", "Running", f"job {name} is running"),
                              apply=[], delete=cleanup)
     message = termination_message(pods, name)
+    if message is None and not _has_pod(pods, name):
+        # The Job's status can arrive before its pod's: wait for the pod and its report.
+        return BenchDecision(Condition("Benchmarked", "Unknown", "Running", f"job {name} finished; reading its report"),
+                             delete=cleanup)
     base = {"generation": ms.ref.generation, "runKey": key, "jobName": name,
             "completedAt": _completed_at(last), "protocol": bench.protocol}
     try:
@@ -202,8 +212,8 @@ def evaluate(
         if state != "Complete":
             raise BenchmarkClientError("BenchmarkFailed", f"job {name} failed")
     except BenchmarkClientError as exc:
-        if attempt <= settings.bench_retries:
-            job = render_bench_job(ms, settings, bench_job_name(ms, ms.ref.generation, attempt) + _suffix(key), key)
+        if attempt <= settings.bench_retries and exc.reason not in PERMANENT_FAILURES:
+            job = render_bench_job(ms, settings, bench_job_name(ms, key, attempt), key)
             return BenchDecision(
                 Condition("Benchmarked", "Unknown", "Retrying",
                           f"attempt {attempt} failed ({exc.reason}: {exc.message}); started {job['metadata']['name']}"),
@@ -219,11 +229,6 @@ def evaluate(
     headline = _headline(summary)
     return BenchDecision(Condition("Benchmarked", "True", "Measured", headline), status=status,
                          delete=cleanup, events=[BenchEvent("Normal", "BenchmarkCompleted", headline)])
-
-
-def _suffix(key: str) -> str:
-    # The generation is already in the job name; only an on-demand run adds its hash.
-    return key[key.index("-"):] if "-" in key else ""
 
 
 def _completed_at(job: Mapping[str, Any]) -> str:

@@ -7,6 +7,7 @@ Writes are counted the way the real client counts them: ``requests`` is a Counte
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -202,3 +203,20 @@ async def test_deleted_pods_leave_the_cache(state_file: Path) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_an_event_older_than_our_own_patch_causes_no_write(state_file: Path) -> None:
+    api = FakeApi(nodes=[make_node()], pods=[make_pod("a", "uid-a")])
+    agent = agent_for(api, state_file)
+    await agent.list_pods()
+    stale = copy.deepcopy(api.pods[("ml", "a")])  # e.g. a status update queued before our patch
+    await agent.sync_pods()
+    assert api.writes == 1
+    assert await agent._handle_event({"type": "MODIFIED", "object": stale}, "1") is not None
+    assert api.writes == 1
+    # A newer event is taken in (and needs no write either).
+    newer = copy.deepcopy(api.pods[("ml", "a")])
+    newer["metadata"]["resourceVersion"] = "100000"
+    await agent._handle_event({"type": "MODIFIED", "object": newer}, "1")
+    assert agent.pods["uid-a"]["metadata"]["resourceVersion"] == "100000"
+    assert api.writes == 1

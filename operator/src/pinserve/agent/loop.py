@@ -337,7 +337,15 @@ class NodeAgent:
                     if rv is None:
                         break
                 backoff = _BACKOFF_FIRST
-            except (ApiError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            except ApiError as exc:
+                rv = None
+                if exc.status == 410:  # resourceVersion too old: relist at once
+                    continue
+                log.warning("pod watch failed (%s); relisting in %.0fs", exc, backoff)
+                if await _sleep(stop, backoff):
+                    return
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 log.warning("pod watch broke (%s); relisting in %.0fs", exc, backoff)
                 rv = None
                 if await _sleep(stop, backoff):
@@ -360,6 +368,10 @@ class NodeAgent:
             if kind == "DELETED":
                 self.pods.pop(uid, None)
                 return new_rv
+            cached = self.pods.get(uid)
+            if cached is not None and _older(meta, cached.get("metadata") or {}):
+                # Queued before our own patch, whose answer is already cached: nothing new in it.
+                return new_rv
             self.pods[uid] = dict(obj)
             # The kubelet records a container's CPUs before starting it; a pod just seen running may be
             # newer than our last look at the file, so look again (a stat when nothing changed).
@@ -371,6 +383,16 @@ class NodeAgent:
             except ApiError as exc:
                 log.error("pod %s/%s: %s", meta.get("namespace"), meta.get("name"), exc)
         return new_rv
+
+
+def _older(meta: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
+    """Whether ``meta``'s object is an older version than ``than``'s (by resourceVersion).
+
+    resourceVersions are opaque, but every API server in use writes etcd revisions (decimal integers);
+    anything else is never called older, which only costs a redundant comparison.
+    """
+    mine, theirs = str(meta.get("resourceVersion") or ""), str(than.get("resourceVersion") or "")
+    return mine.isdecimal() and theirs.isdecimal() and int(mine) < int(theirs)
 
 
 def _keys(patch: Mapping[str, Any]) -> list[str]:

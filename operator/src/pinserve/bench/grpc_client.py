@@ -1,7 +1,8 @@
 """gRPC transport: model status and metadata discovery, request encoding, and a cheap Predict call.
 
 Requests are serialized once; the hot path sends those bytes through a multicallable without serializers,
-and responses come back as bytes that are not parsed (except one, to describe the outputs).
+and responses come back as bytes that are not parsed (except one, to describe the outputs). Throughput
+uses grpc.aio channels; the latency loop uses one blocking channel of its own (see runner.py for why).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ _STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "
 _RETRY_PAUSE_S = 0.5
 
 Call = Callable[[bytes], Awaitable[Any]]
+BlockingCall = Callable[[bytes], Any]
 
 
 def encode_tensor(built: BuiltInput) -> Any:
@@ -86,7 +88,7 @@ def _channel_options() -> list[tuple[str, Any]]:
 
 
 class GrpcClient:
-    """TF Serving over gRPC with `channels` persistent channels (requests spread across them)."""
+    """TF Serving over gRPC: `channels` persistent aio channels for throughput, one blocking for latency."""
 
     protocol = "grpc"
 
@@ -113,10 +115,13 @@ class GrpcClient:
         )
         # No serializers: the payload is already bytes and the response stays bytes.
         self._predict = [ch.unary_unary(PREDICT) for ch in self._channels]
+        self._blocking: grpc.Channel | None = None
 
     async def close(self) -> None:
         for ch in self._channels:
             await ch.close()
+        if self._blocking is not None:
+            self._blocking.close()
 
     def _model_label(self) -> str:
         return self.model if self.version is None else f"{self.model} version {self.version}"
@@ -194,6 +199,12 @@ class GrpcClient:
             request.inputs[name].CopyFrom(encode_tensor(built))
         return bytes(request.SerializeToString())
 
+    def latency_caller(self) -> BlockingCall:
+        """A blocking Predict on a persistent channel of its own, for the one-in-flight latency loop."""
+        if self._blocking is None:
+            self._blocking = grpc.insecure_channel(self.target, options=_channel_options())
+        return partial(self._blocking.unary_unary(PREDICT), timeout=self.deadline)
+
     def caller(self, index: int) -> Call:
         """The Predict call for worker `index`: workers are spread round-robin over the channels."""
         return partial(self._predict[index % len(self._predict)], timeout=self.deadline)
@@ -201,7 +212,8 @@ class GrpcClient:
     @staticmethod
     def classify(exc: BaseException) -> tuple[str, str] | None:
         """(status code name, message) of a failed call, or None if `exc` is not an RPC failure."""
-        if isinstance(exc, grpc.aio.AioRpcError):
+        # Both the aio and the blocking API raise grpc.RpcError subclasses that carry code() and details().
+        if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
             return exc.code().name, str(exc.details())
         return None
 

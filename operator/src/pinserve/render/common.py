@@ -26,9 +26,14 @@ def config_map_name(ms: ModelServer) -> str:
     return f"{ms.ref.name}-serving"
 
 
-def bench_job_name(ms: ModelServer, generation: int, attempt: int = 0) -> str:
-    suffix = f"-r{attempt}" if attempt else ""
-    return f"{ms.ref.name}-bench-{generation}{suffix}"
+def bench_job_name(ms: ModelServer, run_key: str, attempt: int = 0) -> str:
+    """<name>-bench-<run key>[-r<attempt>], shortened (with a hash) to fit a 63-character label."""
+    tail = f"-bench-{run_key}" + (f"-r{attempt}" if attempt else "")
+    name = ms.ref.name
+    if len(name) + len(tail) > 63:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:5]
+        name = f"{name[: 63 - len(tail) - 6].rstrip('-')}-{digest}"
+    return name + tail
 
 
 def labels(ms: ModelServer, component: str) -> dict[str, str]:

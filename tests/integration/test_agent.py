@@ -1,0 +1,311 @@
+"""`pinserve agent` against the local control plane, as a real process with exactly the RBAC it asks for.
+
+Each test makes a KWOK node without pinserve metadata (the machine is an hwloc snapshot, which also serves
+as the agent's sysfs root), bare pods carrying the pinserve labels bound to it through ``spec.nodeName``,
+and a CPU manager checkpoint file written the way the kubelet writes it. The agent runs under a
+ServiceAccount whose ClusterRole grants pods get/list/watch/patch and nodes get/patch, nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import cluster as cluster_tools
+import fakenodes
+from pinserve.agent.loop import AgentConfig, NodeAgent, load_topology, write_count
+from pinserve.agent.publisher import ANNOTATION_CPU_MANAGER
+from pinserve.kube import Credentials, KubeApi
+from pinserve.pinning import ANNOTATION_CPUS, ANNOTATION_CPUS_SOURCE
+from pinserve.topology.cpuset import format_cpulist, parse_cpulist
+from pinserve.topology.model import Topology
+from pinserve.topology.publish import ANNOTATION_CPU_TOPOLOGY
+
+pytestmark = pytest.mark.integration
+
+# 2 sockets x 8 cores x 2 threads (Xeon Silver 4108, AVX-512): core i of socket 0 is CPUs i and i + 16.
+SNAPSHOT = "32intel64-2p8co2t+8ve"
+PINNED_CPUS = "2-5,18-21"  # cores 2-5 of socket 0, both threads
+
+AGENT_RULES = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
+]
+
+
+@dataclass
+class Setup:
+    cluster: cluster_tools.IntegrationCluster
+    namespace: str
+    node: str
+    root: Path
+    topology: Topology
+    kubeconfig: Path  # the agent's ServiceAccount, not the admin
+    state: Path
+    tmp: Path
+
+    def pod(self, name: str, node: str | None = None, *, managed: bool = True) -> dict[str, Any]:
+        labels = {"pinserve.io/modelserver": "agent-test", "app.kubernetes.io/component": "server"}
+        if managed:
+            labels["app.kubernetes.io/managed-by"] = "pinserve"
+        self.cluster.apply_yaml(json.dumps({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": self.namespace, "labels": labels},
+            "spec": {
+                "nodeName": node or self.node,
+                "containers": [{
+                    "name": "server",
+                    "image": "tensorflow/serving:mkl",
+                    "resources": {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
+                }],
+            },
+        }))
+
+        def running() -> dict[str, Any] | None:
+            pod: dict[str, Any] = self.cluster.get_json("pod", name, "-n", self.namespace)
+            statuses = pod.get("status", {}).get("containerStatuses") or []
+            return pod if statuses and "running" in statuses[0].get("state", {}) else None
+
+        return self.cluster.wait_for(f"pod {name} to run", running, timeout=60)
+
+    def annotations(self, kind: str, name: str) -> dict[str, str]:
+        args = [kind, name] if kind == "node" else [kind, name, "-n", self.namespace]
+        return dict(self.cluster.get_json(*args)["metadata"].get("annotations") or {})
+
+    def labels(self, name: str) -> dict[str, str]:
+        return dict(self.cluster.get_json("node", name)["metadata"].get("labels") or {})
+
+    def write_state(self, entries: dict[str, str]) -> str:
+        """Write the checkpoint as the kubelet does (temporary file, rename); returns defaultCpuSet."""
+        taken = set().union(*(parse_cpulist(cpus) for cpus in entries.values())) if entries else set()
+        default = format_cpulist(self.topology.cpus - taken)
+        tmp = self.state.with_name("cpu_manager_state.tmp")
+        tmp.write_text(json.dumps({
+            "policyName": "static",
+            "defaultCpuSet": default,
+            "entries": {uid: {"server": cpus} for uid, cpus in entries.items()},
+            "checksum": 1234567,
+        }))
+        tmp.replace(self.state)
+        return default
+
+    def agent_argv(self, *extra: str, state: Path | None = None) -> list[str]:
+        return [sys.executable, "-m", "pinserve.agent", "--node", self.node, "--sysfs-root", str(self.root),
+                "--cpu-manager-state", str(state or self.state), *extra]
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PINSERVE_", "KUBERNETES_SERVICE"))}
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        return env
+
+    def run_once(self, *extra: str, state: Path | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(self.agent_argv("--once", *extra, state=state), env=self.env(),
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+
+def _service_account_kubeconfig(
+    cluster: cluster_tools.IntegrationCluster, namespace: str, name: str, path: Path
+) -> None:
+    token = cluster.kubectl("create", "token", name, "-n", namespace, "--duration=1h").stdout.strip()
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    for user in config["users"]:
+        user["user"] = {"token": token}
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+
+
+@pytest.fixture
+def setup(
+    cluster: cluster_tools.IntegrationCluster, namespace: str, tmp_path: Path
+) -> Iterator[Setup]:
+    if cluster.local is None:
+        pytest.skip("PINSERVE_KUBECONFIG cluster: simulated nodes are not added to it")
+    suffix = uuid.uuid4().hex[:6]
+    node = f"kwok-agent-{suffix}"
+    role = f"pinserve-agent-test-{suffix}"
+    cluster.add_fake_node(node, SNAPSHOT, topology=False)
+    cluster.apply_yaml(textwrap.dedent(f"""
+        apiVersion: v1
+        kind: ServiceAccount
+        metadata: {{name: agent, namespace: {namespace}}}
+        ---
+        apiVersion: rbac.authorization.k8s.io/v1
+        kind: ClusterRole
+        metadata: {{name: {role}}}
+        rules: {json.dumps(AGENT_RULES)}
+        ---
+        apiVersion: rbac.authorization.k8s.io/v1
+        kind: ClusterRoleBinding
+        metadata: {{name: {role}}}
+        roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role}}}
+        subjects: [{{kind: ServiceAccount, name: agent, namespace: {namespace}}}]
+        """))
+    kubeconfig = tmp_path / "agent.kubeconfig"
+    _service_account_kubeconfig(cluster, namespace, "agent", kubeconfig)
+    root = fakenodes.unpack_snapshot(SNAPSHOT)
+    try:
+        yield Setup(cluster, namespace, node, root, load_topology(root), kubeconfig,
+                    tmp_path / "cpu_manager_state", tmp_path)
+    finally:
+        cluster.kubectl("delete", "clusterrolebinding,clusterrole", role, "--ignore-not-found", check=False)
+        cluster.remove_node(node, wait=False)
+
+
+def test_rbac_is_what_the_agent_asks_for(setup: Setup) -> None:
+    def can(*args: str) -> bool:
+        proc = setup.cluster.kubectl("auth", "can-i", *args, f"--as=system:serviceaccount:{setup.namespace}:agent",
+                                     check=False)
+        return proc.stdout.strip() == "yes"
+
+    assert can("patch", "nodes") and can("get", "nodes") and can("watch", "pods") and can("patch", "pods")
+    assert not can("get", "nodes/proxy") and not can("list", "nodes") and not can("update", "nodes")
+    assert not can("delete", "pods") and not can("get", "secrets") and not can("patch", "nodes/status")
+
+
+def test_agent_publishes_node_topology_and_pod_cpusets_then_writes_nothing(setup: Setup) -> None:
+    pinned = setup.pod("pinned")
+    setup.pod("shared")  # no entry in the checkpoint: the shared pool
+    setup.pod("unmanaged", managed=False)  # not a pinserve pod: never touched
+    other_node = fakenodes.DEFAULT_NODES[0].name
+    setup.pod("elsewhere", node=other_node)  # a pinserve pod on another node: not this agent's
+    default = setup.write_state({pinned["metadata"]["uid"]: PINNED_CPUS})
+
+    first = setup.run_once()
+    assert "api-writes=3" in first.stderr, first.stderr  # the node and two pods
+
+    labels = setup.labels(setup.node)
+    assert {k: v for k, v in labels.items() if k.startswith("pinserve.io/") and k != "pinserve.io/simulated-node"} == {
+        "pinserve.io/cpu-manager-policy": "static",
+        "pinserve.io/smt": "true",
+        "pinserve.io/threads-per-core": "2",
+        "pinserve.io/physical-cores": "16",
+        "pinserve.io/numa-nodes": "2",
+        "pinserve.io/cores-per-numa": "8",
+        "pinserve.io/topology-source": "agent",
+        "pinserve.io/isa-avx2": "true",
+        "pinserve.io/isa-avx512f": "true",
+    }
+    node_annotations = setup.annotations("node", setup.node)
+    assert Topology.from_dict(json.loads(node_annotations[ANNOTATION_CPU_TOPOLOGY])) == setup.topology
+    assert json.loads(node_annotations[ANNOTATION_CPU_MANAGER]) == {"policy": "static", "defaultCpuSet": default}
+
+    pinned_ann = setup.annotations("pod", "pinned")
+    assert (pinned_ann[ANNOTATION_CPUS], pinned_ann[ANNOTATION_CPUS_SOURCE]) == (PINNED_CPUS, "exclusive")
+    shared_ann = setup.annotations("pod", "shared")
+    assert (shared_ann[ANNOTATION_CPUS], shared_ann[ANNOTATION_CPUS_SOURCE]) == (default, "shared")
+    assert ANNOTATION_CPUS not in setup.annotations("pod", "unmanaged")
+    assert ANNOTATION_CPUS not in setup.annotations("pod", "elsewhere")
+
+    # Nothing changed: a second process pass and an in-process pass (counting requests by verb) write nothing.
+    second = setup.run_once()
+    assert "api-writes=0" in second.stderr, second.stderr
+
+    async def in_process() -> tuple[int, dict[str, int]]:
+        api = KubeApi(Credentials.from_kubeconfig(str(setup.kubeconfig)))
+        try:
+            agent = NodeAgent(api, AgentConfig(node=setup.node, sysfs_root=str(setup.root),
+                                               state_path=str(setup.state)))
+            for _ in range(3):
+                result = await agent.run_once()
+                assert result.ok and result.writes == 0, result.summary()
+            counted = write_count(api.requests), dict(api.requests)
+            # The UID guard: a pod of that name with another UID (recreated) is refused by the API server.
+            impostor = copy.deepcopy(pinned)
+            impostor["metadata"]["uid"] = str(uuid.uuid4())
+            impostor["metadata"]["annotations"] = {}
+            assert await agent.sync_pod(impostor) is False
+            return counted
+        finally:
+            await api.close()
+
+    writes, requests = asyncio.run(in_process())
+    assert writes == 0 and requests.get("PATCH", 0) == 0, requests
+    assert requests["GET"] == 6  # per pass: the node, the pod list
+    assert setup.annotations("pod", "pinned")[ANNOTATION_CPUS] == PINNED_CPUS
+
+
+def test_missing_state_file_is_published_as_unknown_and_pods_are_left(setup: Setup) -> None:
+    pinned = setup.pod("pinned")
+    setup.write_state({pinned["metadata"]["uid"]: PINNED_CPUS})
+    setup.run_once()
+    before = setup.annotations("pod", "pinned")
+
+    missing = setup.tmp / "no-kubelet-here" / "cpu_manager_state"
+    setup.run_once(state=missing)
+    assert setup.labels(setup.node)["pinserve.io/cpu-manager-policy"] == "unknown"
+    summary = json.loads(setup.annotations("node", setup.node)[ANNOTATION_CPU_MANAGER])
+    assert summary["policy"] == "unknown"
+    assert str(missing) in summary["reason"] and "does not exist" in summary["reason"]
+    assert "defaultCpuSet" not in summary
+    after = setup.annotations("pod", "pinned")
+    assert {k: after.get(k) for k in (ANNOTATION_CPUS, ANNOTATION_CPUS_SOURCE)} == {
+        ANNOTATION_CPUS: PINNED_CPUS, ANNOTATION_CPUS_SOURCE: "exclusive"
+    } == {k: before[k] for k in (ANNOTATION_CPUS, ANNOTATION_CPUS_SOURCE)}
+
+    # The checkpoint is back: so is the policy.
+    setup.run_once()
+    assert setup.labels(setup.node)["pinserve.io/cpu-manager-policy"] == "static"
+
+
+def test_running_agent_follows_new_pods_and_checkpoint_changes(setup: Setup) -> None:
+    first = setup.pod("first")
+    setup.write_state({})
+    log_path = setup.tmp / "agent.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            setup.agent_argv("--interval", "300", "--state-interval", "0.5"),
+            env=setup.env(), stdout=subprocess.DEVNULL, stderr=log, text=True,
+        )
+    try:
+        def source(name: str) -> str | None:
+            return setup.annotations("pod", name).get(ANNOTATION_CPUS_SOURCE)
+
+        setup.cluster.wait_for("pod first in the shared pool", lambda: source("first") == "shared" or None, timeout=30)
+
+        # The kubelet pins it (a new checkpoint): the agent republishes the pod and the node's default set.
+        default = setup.write_state({first["metadata"]["uid"]: PINNED_CPUS})
+        setup.cluster.wait_for("pod first pinned", lambda: source("first") == "exclusive" or None, timeout=30)
+        assert setup.annotations("pod", "first")[ANNOTATION_CPUS] == PINNED_CPUS
+        setup.cluster.wait_for(
+            "the node's default set",
+            lambda: json.loads(setup.annotations("node", setup.node)[ANNOTATION_CPU_MANAGER]).get("defaultCpuSet")
+            == default or None,
+            timeout=30,
+        )
+
+        # A pod that starts while the agent runs is annotated from the watch.
+        setup.pod("second")
+        setup.cluster.wait_for("pod second", lambda: source("second") == "shared" or None, timeout=30)
+
+        # Then a quiet spell: KWOK's status updates and our own patches come back as watch events,
+        # and the checkpoint is checked every 0.5 s; none of it may write.
+        time.sleep(5)
+        assert proc.poll() is None, log_path.read_text()
+    finally:
+        proc.terminate()  # SIGTERM: the agent stops its loop and logs its write count
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    stderr = log_path.read_text()
+    assert proc.returncode == 0, stderr
+    # node (first publication) + first (shared) + node (default set) + first (exclusive) + second (shared)
+    assert "stopped; api-writes=5 " in stderr, stderr
