@@ -50,8 +50,8 @@ def _serve() -> None:
     answer.outputs["y"].CopyFrom(
         tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[0.0], tensor_shape={"dim": [{"size": 1}]})
     )
-    answer_bytes = answer.SerializeToString()
-    metadata_bytes = metadata.SerializeToString()
+    answer_bytes: bytes = answer.SerializeToString()
+    metadata_bytes: bytes = metadata.SerializeToString()
 
     async def predict(request: bytes, context: Any) -> bytes:
         return answer_bytes

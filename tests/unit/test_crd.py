@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from pinserve import api
+from pinserve import api, benchflow
+from pinserve.bench.report import compact_summary
+from pinserve.pinning import ANNOTATION_CPUS, pod_view
+from pinserve.planning import node_info, plan
+from pinserve.render.job import LABEL_RUN_KEY
+from pinserve.render.service import endpoints
+from pinserve.settings import Settings
+from pinserve.status import Condition, desired_status
 
 pytestmark = pytest.mark.unit
 
@@ -472,7 +480,7 @@ def test_status_schema(root: Schema) -> None:
     threads = {"omp", "intraOp", "interOp", "kmpAffinity", "kmpBlocktime"}
     assert set(placement["threads"]["properties"]) == threads
     assert set(props["endpoints"]["properties"]) == {"grpc", "rest"}
-    assert {"name", "node", "cpus", "qosClass", "physicalCores"} == set(props["pods"]["items"]["properties"])
+    assert {"name", "node", "cpus", "qosClass", "physicalCores"} <= set(props["pods"]["items"]["properties"])
     bench = props["benchmark"]["properties"]
     assert {"generation", "completedAt", "jobName", "latencyMs", "requests", "throughput", "errors",
             "protocol", "notes"} <= set(bench)  # fmt: skip
@@ -483,6 +491,88 @@ def test_status_schema(root: Schema) -> None:
             assert field == {"type": "number", "nullable": True}
     assert bench["errors"]["type"] == "integer"
     assert {"batchSize", "concurrency", "requestsPerSecond", "itemsPerSecond"} <= set(bench["throughput"]["properties"])
+
+
+def _pruned(value: Any, node: Schema) -> Any:
+    """What the API server keeps of ``value`` under ``node`` (unknown fields are dropped silently)."""
+    if node.get("x-kubernetes-preserve-unknown-fields"):
+        return value
+    if isinstance(value, dict):
+        if "properties" in node:
+            return {k: _pruned(v, node["properties"][k]) for k, v in value.items() if k in node["properties"]}
+        if isinstance(node.get("additionalProperties"), dict):
+            return {k: _pruned(v, node["additionalProperties"]) for k, v in value.items()}
+        return {}
+    if isinstance(value, list):
+        return [_pruned(v, node.get("items", {})) for v in value]
+    return value
+
+
+def _operator_statuses(
+    topo: Callable[..., Any], make_node: Callable[..., dict[str, Any]], make_ms: Callable[..., dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Status documents built by the operator's own producers: plan, pods, endpoints, benchmark."""
+    settings = Settings(bench_retries=0)  # a Job without a report ends in status.benchmark.error
+    ms = api.parse_modelserver(make_ms())
+    agent_node = node_info(make_node("n1", topo(2, 8, 2)))
+    capacity_node = node_info(make_node("n2", cpu="32"))
+    pod = {
+        "metadata": {"name": "rfcn-abc", "annotations": {ANNOTATION_CPUS: "2-5,34-37"}},
+        "spec": {"nodeName": "n1"},
+        "status": {"qosClass": "Guaranteed", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    report = {
+        "latencyMs": {"p50": 1.5, "p90": 2.0, "p99": 3.0, "mean": 1.6, "max": 4.0, "min": 1.0, "stddev": 0.3},
+        "requests": 200,
+        "throughput": {"batchSize": 8, "concurrency": 4, "requestsPerSecond": 100.0, "itemsPerSecond": 800.0},
+        "errors": 0,
+        "notes": ["a note"],
+    }
+    key = benchflow.run_key(ms)
+    ready = Condition("Ready", "True", "Available", "1/1 replicas ready")
+    statuses = []
+    for node, message in ((agent_node, compact_summary(report).decode()), (capacity_node, None)):
+        placement = plan(ms.spec, [node], settings)
+        job = {
+            "metadata": {"name": "rfcn-bench-1", "labels": {LABEL_RUN_KEY: key}},
+            "status": {"conditions": [
+                {"type": "Complete", "status": "True", "lastTransitionTime": "2024-01-01T00:10:00Z"}
+            ]},
+        }  # fmt: skip
+        terminated: dict[str, Any] = {"exitCode": 0} if message is None else {"exitCode": 0, "message": message}
+        bench_pod = {
+            "metadata": {"name": "rfcn-bench-1-x", "labels": {"job-name": "rfcn-bench-1"}},
+            "status": {"containerStatuses": [{"name": "bench", "state": {"terminated": terminated}}]},
+        }
+        decision = benchflow.evaluate(
+            ms, placement, ready, jobs=[job], current=None, settings=settings, pods=[bench_pod]
+        )
+        assert decision.status, "the benchmark flow wrote no status"
+        fields = {
+            "placement": placement.to_status(),
+            "endpoints": endpoints(ms),
+            "pods": [pod_view(pod).to_status({node.name: node})],
+            "replicas": 1,
+            "readyReplicas": 1,
+            "benchmark": decision.status,
+        }
+        statuses.append(
+            desired_status(None, generation=2, conditions=[ready], fields=fields, now="2024-01-01T00:00:00Z")
+        )
+    return statuses
+
+
+def test_operator_status_survives_pruning(
+    root: Schema,
+    topo: Callable[..., Any],
+    make_node: Callable[..., dict[str, Any]],
+    make_ms: Callable[..., dict[str, Any]],
+) -> None:
+    """Every field the operator writes is in the status schema (the API server would drop it silently;
+    a lost benchmark.runKey would rerun the benchmark on every reconcile)."""
+    status_schema = root["properties"]["status"]
+    for status in _operator_statuses(topo, make_node, make_ms):
+        assert _pruned(status, status_schema) == status
 
 
 def test_chart_copy_is_identical() -> None:

@@ -220,3 +220,15 @@ async def test_an_event_older_than_our_own_patch_causes_no_write(state_file: Pat
     await agent._handle_event({"type": "MODIFIED", "object": newer}, "1")
     assert agent.pods["uid-a"]["metadata"]["resourceVersion"] == "100000"
     assert api.writes == 1
+
+
+async def test_a_loop_dying_of_a_bug_ends_the_run(state_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeApi(nodes=[make_node()], pods=[])
+    agent = agent_for(api, state_file, interval=60, state_interval=0.01)
+
+    def broken(**kwargs: Any) -> bool:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(agent, "refresh_state", broken)
+    with pytest.raises(KeyError):
+        await asyncio.wait_for(agent.run(asyncio.Event()), 5)

@@ -4,9 +4,9 @@ The server sleeps a delay taken in turn from a fixed list and records how long e
 (a sleep ends late on a busy machine, never early). The client's latency for a request is that delay plus
 a transport overhead that is never negative, so every order statistic the client reports is bounded below
 exactly by the injected delays' and above by them plus the overhead. The tests check the reported
-figures against the injected delays' own percentiles with that bound: a few percent, plus the round trip
-the same server shows with no delay (measured first, so a loaded machine does not fail the test). No
-assertion depends on how fast the machine is.
+figures against the injected delays' own percentiles with that bound: a few percent, plus the overhead
+the same server shows around a constant delay (measured first, so a loaded machine does not fail the
+test). No assertion depends on how fast the machine is.
 """
 
 from __future__ import annotations
@@ -60,10 +60,14 @@ def _latency_run(fake_serving: Any, run_bench: Any, order: list[float]) -> tuple
 
 @pytest.fixture
 def overhead_ms(fake_serving: Any, run_bench: Any) -> float:
-    """p90 of the round trip with no delay: what transport and scheduling add on this machine now."""
-    report, _ = _latency_run(fake_serving, run_bench, [0.0] * 100)
-    p90: float = report["latencyMs"]["p90"]
-    return p90
+    """What transport and scheduling add to a request on this machine now, at the 90th percentile.
+
+    Measured over a constant 10 ms delay rather than none: after an idle wait every thread involved has to
+    be woken, and on a busy machine that costs far more than a back-to-back round trip.
+    """
+    report, applied = _latency_run(fake_serving, run_bench, [10.0] * 64)
+    p90: float = report["latencyMs"]["p90"] - _percentile(applied, 90)
+    return max(p90, 0.0)
 
 
 def test_order_is_a_permutation() -> None:
@@ -85,8 +89,12 @@ def test_latency_percentiles_match_the_injected_distribution(
         "mean": sum(applied) / len(applied),
         "min": min(applied),
     }
+    # The load can change between the overhead fixture's run and this one; this run's own mean overhead
+    # (quantiles of delay + overhead shift by about the overhead's mean when the delays spread widely)
+    # keeps the bound honest if it grew.
+    slack = max(overhead_ms, 1.5 * (lat["mean"] - truth["mean"]))
     for key, true in truth.items():
-        assert true - ROUNDING_MS <= lat[key] <= true * (1 + TOLERANCE) + overhead_ms, (key, true, lat, overhead_ms)
+        assert true - ROUNDING_MS <= lat[key] <= true * (1 + TOLERANCE) + slack, (key, true, lat, slack)
     # ...and against the nominal list, for the record: p50 29.5 ms and p90 49.5 ms by construction.
     assert lat["p50"] >= _percentile(DELAYS_MS, 50) - ROUNDING_MS
     assert lat["p90"] >= _percentile(DELAYS_MS, 90) - ROUNDING_MS
@@ -106,5 +114,6 @@ def test_throughput_latency_under_load(fake_serving: Any, run_bench: Any, overhe
     assert server.servicer.calls == thr["requests"] + 4
     applied = [s * 1000 for s in server.servicer.handled_s[4:]]  # the warm-up round completes first
     true = _percentile(applied, 50)
-    assert true - ROUNDING_MS <= thr["latencyMs"]["p50"] <= true * (1 + TOLERANCE) + overhead_ms, (true, thr)
+    slack = max(overhead_ms, 1.5 * (thr["latencyMs"]["mean"] - sum(applied) / len(applied)))
+    assert true - ROUNDING_MS <= thr["latencyMs"]["p50"] <= true * (1 + TOLERANCE) + slack, (true, thr, slack)
     assert thr["itemsPerSecond"] == pytest.approx(2 * thr["requestsPerSecond"], rel=1e-3)

@@ -47,7 +47,9 @@ def test_throughput_section_figures() -> None:
 
 def test_summary_carries_the_status_fields() -> None:
     summary = json.loads(compact_summary(_report({}, ["latency: p99 not reported"])))
-    assert summary["latencyMs"] == {"p50": 1.0, "p90": 2.0, "p99": None, "mean": 1.2, "max": 5.0}
+    assert summary["latencyMs"] == {
+        "p50": 1.0, "p90": 2.0, "p99": None, "mean": 1.2, "max": 5.0, "min": 0.9, "stddev": 0.1
+    }  # fmt: skip
     assert summary["requests"] == 200
     assert summary["throughput"]["batchSize"] == 8
     assert summary["throughput"]["concurrency"] == 4

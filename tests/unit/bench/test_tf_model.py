@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,6 @@ from tensorflow_serving.apis import predict_pb2
 
 from pinserve.bench.grpc_client import GrpcClient
 from pinserve.bench.inputs import InputOptions, build_inputs
-
-# Fixture types live in conftest.py, which is not importable as a module here.
-BenchRun = ServedModel = Serving = Any
 
 pytestmark = pytest.mark.unit
 
@@ -34,7 +30,7 @@ async def _predict(target: str, model: str, signature: str, batch: int, options:
     return built, {name: tf.make_ndarray(t) for name, t in response.outputs.items()}
 
 
-async def test_metadata_discovery_matches_the_saved_model(tf_serving: Serving) -> None:
+async def test_metadata_discovery_matches_the_saved_model(tf_serving: Any) -> None:
     client = GrpcClient(tf_serving.target, "adder", None, 30.0)
     try:
         default = await client.fetch_signature("serving_default")
@@ -58,9 +54,7 @@ async def test_metadata_discovery_matches_the_saved_model(tf_serving: Serving) -
 
 
 @pytest.mark.parametrize("batch", [1, 5])
-async def test_results_match_the_model_run_directly(
-    tf_serving: Serving, saved_models: dict[str, ServedModel], batch: int
-) -> None:
+async def test_results_match_the_model_run_directly(tf_serving: Any, saved_models: dict[str, Any], batch: int) -> None:
     built, outputs = await _predict(tf_serving.target, "adder", "serving_default", batch, InputOptions(seed=11))
     x, k = built.tensors["x"].array, built.tensors["k"].array
     assert x.shape == (batch, 4) and k.shape == (batch,)
@@ -70,7 +64,7 @@ async def test_results_match_the_model_run_directly(
     np.testing.assert_allclose(outputs["y"], x.sum(axis=1) * k + 1.0, rtol=1e-5)
 
 
-async def test_string_image_bool_half_inputs(tf_serving: Serving, tmp_path: Path) -> None:
+async def test_string_image_bool_half_inputs(tf_serving: Any, tmp_path: Path) -> None:
     payload = tmp_path / "payload.bin"
     payload.write_bytes(b"seventeen bytes!!")
     options = InputOptions(shapes={"img": (1, 6, 5, 3)}, files={"s": str(payload)}, seed=2)
@@ -84,7 +78,7 @@ async def test_string_image_bool_half_inputs(tf_serving: Serving, tmp_path: Path
     np.testing.assert_allclose(outputs["h2"], h.astype(np.float32) * 2.0, rtol=1e-3)
 
 
-async def test_image_file_reaches_the_model(tf_serving: Serving, tmp_path: Path) -> None:
+async def test_image_file_reaches_the_model(tf_serving: Any, tmp_path: Path) -> None:
     pixels = np.random.default_rng(0).integers(0, 256, size=(9, 7, 3), dtype=np.uint8)
     png = tmp_path / "img.png"
     png.write_bytes(tf.io.encode_png(pixels).numpy())
@@ -93,7 +87,7 @@ async def test_image_file_reaches_the_model(tf_serving: Serving, tmp_path: Path)
     np.testing.assert_allclose(outputs["img_mean"], [pixels.mean()] * 2, rtol=1e-5)
 
 
-def test_cli_both_modes(tf_serving: Serving, run_bench: Callable[..., BenchRun]) -> None:
+def test_cli_both_modes(tf_serving: Any, run_bench: Any) -> None:
     peers_before = len(tf_serving.servicer.peers)
     run = run_bench(
         "--target", tf_serving.target, "--model", "adder", "--mode", "both", "--warmup", "3",
@@ -123,7 +117,7 @@ def test_cli_both_modes(tf_serving: Serving, run_bench: Callable[..., BenchRun])
     assert "error" not in summary
 
 
-def test_cli_throughput_only_and_other_signature(tf_serving: Serving, run_bench: Callable[..., BenchRun]) -> None:
+def test_cli_throughput_only_and_other_signature(tf_serving: Any, run_bench: Any) -> None:
     run = run_bench(
         "--target", tf_serving.target, "--model", "adder", "--signature", "double", "--mode", "throughput",
         "--warmup", "0", "--batch-size", "2", "--concurrency", "3", "--duration", "0.3", "--fill", "zeros",

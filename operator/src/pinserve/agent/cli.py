@@ -152,7 +152,11 @@ async def _run(config: AgentConfig, topology: Topology, once: bool) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await agent.run(stop)
+        try:
+            await agent.run(stop)
+        except Exception:
+            log.exception("the agent failed; exiting so that it is restarted")
+            return 1
         log.info("stopped; api-writes=%d over the run (requests %s)", write_count(api.requests),
                  dict(sorted(api.requests.items())))
         return 0

@@ -272,18 +272,25 @@ class NodeAgent:
     # -- the long-running loop ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set."""
+        """Run until ``stop`` is set. A loop dying of an unexpected error ends the run with that error
+        (the process exits non-zero and the DaemonSet restarts it) instead of leaving half an agent."""
         tasks = [
             asyncio.create_task(self._watch_loop(stop), name="pod-watch"),
             asyncio.create_task(self._state_loop(stop), name="state-file"),
             asyncio.create_task(self._resync_loop(stop), name="resync"),
         ]
+        stopper = asyncio.create_task(stop.wait(), name="stop")
         try:
-            await stop.wait()
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = None if task is stopper or task.cancelled() else task.exception()
+                if error is not None:
+                    log.error("the %s loop failed", task.get_name())
+                    raise error
         finally:
-            for task in tasks:
+            for task in [*tasks, stopper]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, stopper, return_exceptions=True)
 
     async def _resync_loop(self, stop: asyncio.Event) -> None:
         while True:

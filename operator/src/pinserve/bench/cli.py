@@ -13,7 +13,7 @@ The full report goes to stdout as JSON; progress and failures go to stderr; a co
 Exit codes (the reason word is what the summary's error.reason says):
     0  OK                 the run completed without request errors
     1  InternalError      a bug in the client; traceback on stderr
-    2  InvalidArgument    bad command line (argparse reports it; no summary is written)
+    2  InvalidArgument    bad command line (usage on stderr; the summary is written if --summary-file parsed)
     3  ServerUnreachable  nothing answers at --target (connection refused, DNS, TLS mismatch)
     4  ModelNotFound      the server does not serve --model (or --version), or no version is AVAILABLE
     5  SignatureNotFound  the model has no --signature (the message lists the ones it has)
@@ -34,9 +34,9 @@ import sys
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
-from pinserve.bench.errors import BenchError, ExitCode, RequestFailedError, error_for_status
+from pinserve.bench.errors import BenchError, ExitCode, RequestFailedError, UsageError, error_for_status
 from pinserve.bench.inputs import FILLS, BuiltInput, BuiltInputs, InputOptions, build_inputs
 from pinserve.bench.report import (
     compact_summary,
@@ -46,7 +46,7 @@ from pinserve.bench.report import (
     now,
     throughput_section,
 )
-from pinserve.bench.runner import Call, run_latency, run_throughput
+from pinserve.bench.runner import BlockingCall, Call, run_latency, run_throughput
 from pinserve.bench.signature import PREDICT_METHOD, SignatureSpec
 
 MODES = ("latency", "throughput", "both")
@@ -62,6 +62,7 @@ class Transport(Protocol):
     async def wait_ready(self, wait_seconds: float) -> None: ...
     async def fetch_signature(self, signature: str) -> SignatureSpec: ...
     def build_payload(self, signature: str, inputs: Mapping[str, BuiltInput]) -> bytes: ...
+    def latency_caller(self) -> BlockingCall: ...
     def caller(self, index: int) -> Call: ...
     def classify(self, exc: BaseException) -> tuple[str, str] | None: ...
     def describe_response(self, raw: Any) -> dict[str, dict[str, Any]]: ...
@@ -112,8 +113,24 @@ def _shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # Raised instead of exiting so a bad command line still leaves a summary for the Job's status.
+        raise UsageError(message)
+
+
+def _summary_path(argv: list[str]) -> str | None:
+    """--summary-file from a command line argparse rejected, found by hand."""
+    for i, arg in enumerate(argv):
+        if arg == "--summary-file" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--summary-file="):
+            return arg.partition("=")[2]
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pinserve bench",
         description="Benchmark a TensorFlow Serving model: batch-1 latency (one request in flight) and "
         "batch-N throughput under concurrency, with inputs generated from the model's signature.",
@@ -121,13 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         "found, 5 signature not found, 6 deadline exceeded, 7 request errors, 8 invalid input.",
     )
     target = parser.add_argument_group("target")
-    target.add_argument(
-        "--target", help="HOST:PORT of TF Serving (default localhost:8500 for grpc, :8501 for rest)"
-    )
+    target.add_argument("--target", help="HOST:PORT of TF Serving (default localhost:8500 for grpc, :8501 for rest)")
     target.add_argument("--model", required=True, help="model name as TF Serving serves it")
-    target.add_argument(
-        "--signature", default="serving_default", help="signature name (default: %(default)s)"
-    )
+    target.add_argument("--signature", default="serving_default", help="signature name (default: %(default)s)")
     target.add_argument("--version", type=int, help="model version (default: the latest the server has)")
     target.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="default: %(default)s")
     target.add_argument(
@@ -156,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup",
         type=_non_negative_int,
         default=10,
-        help="discarded requests before each measurement (default: %(default)s)",
+        help="discarded requests before each measurement; throughput also warms every worker once "
+        "(default: %(default)s)",
     )
     run.add_argument(
         "--requests",
@@ -164,9 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="latency samples, batch 1; p90 needs >= 64, p99 >= 662 (default: %(default)s)",
     )
-    run.add_argument(
-        "--batch-size", type=_positive_int, default=8, help="throughput batch (default: %(default)s)"
-    )
+    run.add_argument("--batch-size", type=_positive_int, default=8, help="throughput batch (default: %(default)s)")
     run.add_argument(
         "--concurrency",
         type=_positive_int,
@@ -193,9 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     data = parser.add_argument_group("inputs (see pinserve.bench.inputs for the rules)")
-    data.add_argument(
-        "--fill", choices=FILLS, default="random", help="generated values (default: %(default)s)"
-    )
+    data.add_argument("--fill", choices=FILLS, default="random", help="generated values (default: %(default)s)")
     data.add_argument(
         "--shape",
         type=_shape,
@@ -273,12 +283,8 @@ async def _benchmark(args: argparse.Namespace, report: dict[str, Any], log: _Log
         sig = await client.fetch_signature(args.signature)
         log(f"signature '{sig.name}': " + ", ".join(s.describe() for s in sig.inputs.values()))
         if sig.method and sig.method != PREDICT_METHOD:
-            notes.append(
-                f"signature method is {sig.method}; the benchmark calls Predict, which may reject it"
-            )
-        options = InputOptions(
-            args.fill, dict(args.shape), dict(args.input_file), args.seed, args.default_dim
-        )
+            notes.append(f"signature method is {sig.method}; the benchmark calls Predict, which may reject it")
+        options = InputOptions(args.fill, dict(args.shape), dict(args.input_file), args.seed, args.default_dim)
         report["warmupRequests"] = args.warmup
         report["inputs"] = {}
         first: Any = None
@@ -288,15 +294,16 @@ async def _benchmark(args: argparse.Namespace, report: dict[str, Any], log: _Log
             notes.extend(f"latency: {n}" for n in built.notes)
             payload = client.build_payload(sig.name, built.tensors)
             report["inputs"]["latency"] = _describe_inputs(built)
-            log(
-                f"latency: {args.warmup} warm-up + {args.requests} requests, batch {built.items}, 1 in flight"
+            log(f"latency: {args.warmup} warm-up + {args.requests} requests, batch {built.items}, 1 in flight")
+            # A thread of its own: the blocking loop must not stall the event loop (see runner.py).
+            lat = await asyncio.to_thread(
+                run_latency, client.latency_caller(), payload, args.warmup, args.requests, client.classify
             )
-            lat = await run_latency(client.caller(0), payload, args.warmup, args.requests, client.classify)
             section, lat_notes = latency_section(lat)
             report.update(section)
             notes.extend(lat_notes)
             first = lat.first_response
-            log(f"latency: p50 {section['latencyMs']['p50']} ms, p99 {section['latencyMs']['p99']} ms")
+            log("latency: " + ", ".join(f"{k} {section['latencyMs'][k]} ms" for k in ("p50", "p90", "p99")))
 
         exit_code = ExitCode.OK
         if args.mode in ("throughput", "both"):
@@ -365,10 +372,14 @@ def _write_summary(path: str | None, data: bytes) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on errors and 0 on --help
-        return int(exc.code) if isinstance(exc.code, int) else int(ExitCode.USAGE)
+    except UsageError as err:
+        parser.print_usage(sys.stderr)
+        print(f"pinserve bench: error: {err.reason}: {err.message}", file=sys.stderr, flush=True)
+        _write_summary(_summary_path(argv), compact_summary(error_report(err)))
+        return int(err.exit_code)
     log = _Log(args.quiet)
     report: dict[str, Any] = {}
     try:
@@ -385,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         internal = BenchError(f"{type(exc).__name__}: {exc}")
         report = error_report(internal, report)
         exit_code = int(internal.exit_code)
+    for key in ("notes", "error"):  # explanations last, after the figures they explain
+        if key in report:
+            report[key] = report.pop(key)
     print(json.dumps(report, indent=2))
     _write_summary(args.summary_file, compact_summary(report))
     return exit_code

@@ -92,16 +92,12 @@ class GrpcClient:
 
     protocol = "grpc"
 
-    def __init__(
-        self, target: str, model: str, version: int | None, deadline: float, *, channels: int = 1
-    ) -> None:
+    def __init__(self, target: str, model: str, version: int | None, deadline: float, *, channels: int = 1) -> None:
         self.target = target
         self.model = model
         self.version = version
         self.deadline = deadline
-        self._channels = [
-            grpc.aio.insecure_channel(target, options=_channel_options()) for _ in range(channels)
-        ]
+        self._channels = [grpc.aio.insecure_channel(target, options=_channel_options()) for _ in range(channels)]
         first = self._channels[0]
         self._status = first.unary_unary(
             GET_STATUS,
@@ -129,13 +125,9 @@ class GrpcClient:
     def _rpc_failure(self, exc: grpc.aio.AioRpcError, what: str) -> BenchError:
         code = exc.code().name
         if code == "UNAVAILABLE":
-            return ServerUnreachableError(
-                f"cannot reach TF Serving at {self.target} ({what}: {code}: {exc.details()})"
-            )
+            return ServerUnreachableError(f"cannot reach TF Serving at {self.target} ({what}: {code}: {exc.details()})")
         if code == "NOT_FOUND":
-            return ModelNotFoundError(
-                f"model '{self._model_label()}' not found at {self.target}: {exc.details()}"
-            )
+            return ModelNotFoundError(f"model '{self._model_label()}' not found at {self.target}: {exc.details()}")
         if code == "DEADLINE_EXCEEDED":
             return DeadlineExceededError(
                 f"{what} got no answer from {self.target} within the {self.deadline:g} s deadline"
@@ -151,13 +143,10 @@ class GrpcClient:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return
             raise self._rpc_failure(exc, "GetModelStatus") from exc
-        states = [
-            (int(s.version), int(s.state), s.status.error_message) for s in response.model_version_status
-        ]
+        states = [(int(s.version), int(s.state), s.status.error_message) for s in response.model_version_status]
         if not any(state == _AVAILABLE for _, state, _ in states):
             found = "; ".join(
-                f"version {v}: {_STATE_NAMES.get(st, st)}{' (' + msg + ')' if msg else ''}"
-                for v, st, msg in states
+                f"version {v}: {_STATE_NAMES.get(st, st)}{' (' + msg + ')' if msg else ''}" for v, st, msg in states
             )
             raise ModelNotFoundError(
                 f"model '{self._model_label()}' has no AVAILABLE version ({found or 'no versions'})"

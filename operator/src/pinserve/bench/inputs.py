@@ -83,9 +83,7 @@ def resolve_shape(
     With `default_dim` None, unknown non-batch dimensions stay -1 (a data file will decide them).
     """
     if override is None and spec.shape is None:
-        raise InvalidInputError(
-            f"input '{spec.name}' has unknown rank; give its shape with --shape {spec.name}=..."
-        )
+        raise InvalidInputError(f"input '{spec.name}' has unknown rank; give its shape with --shape {spec.name}=...")
     if override is not None and spec.shape is not None:
         if len(override) != len(spec.shape):
             raise InvalidInputError(
@@ -93,9 +91,7 @@ def resolve_shape(
             )
         for i, (want, got) in enumerate(zip(spec.shape, override, strict=True)):
             if i > 0 and want >= 0 and want != got:
-                raise InvalidInputError(
-                    f"--shape {spec.name} dimension {i} is {got}, the signature fixes it at {want}"
-                )
+                raise InvalidInputError(f"--shape {spec.name} dimension {i} is {got}, the signature fixes it at {want}")
     base = override if override is not None else spec.shape
     assert base is not None
     dims = list(base)
@@ -125,9 +121,7 @@ def resolve_shape(
     return tuple(dims)
 
 
-def _generate(
-    spec: TensorSpec, shape: tuple[int, ...], fill: str, rng: np.random.Generator
-) -> np.ndarray[Any, Any]:
+def _generate(spec: TensorSpec, shape: tuple[int, ...], fill: str, rng: np.random.Generator) -> np.ndarray[Any, Any]:
     dtype = DTYPES[spec.dtype][1]
     count = int(np.prod(shape, dtype=np.int64))
     if spec.dtype == "DT_STRING":
@@ -157,9 +151,7 @@ def _decode_image(data: bytes, spec: TensorSpec, path: str) -> np.ndarray[Any, A
     try:
         image = tf.io.decode_image(data, channels=channels, expand_animations=False)
     except Exception as exc:
-        raise InvalidInputError(
-            f"--input-file {spec.name}={path}: not .npy and not a decodable image ({exc})"
-        ) from exc
+        raise InvalidInputError(f"--input-file {spec.name}={path}: not .npy and not a decodable image ({exc})") from exc
     return np.asarray(image.numpy())
 
 
@@ -210,9 +202,7 @@ def _load_file(spec: TensorSpec, shape: tuple[int, ...], path: str, notes: list[
     arr = _fit_to_batch(arr, spec, shape, path)
     if spec.dtype == "DT_STRING":
         if arr.dtype.kind not in "SO":
-            raise InvalidInputError(
-                f"--input-file {spec.name}={path}: a DT_STRING input needs bytes, got {arr.dtype}"
-            )
+            raise InvalidInputError(f"--input-file {spec.name}={path}: a DT_STRING input needs bytes, got {arr.dtype}")
         return arr.astype(object)
     want = DTYPES[spec.dtype][1]
     if arr.dtype != want:
@@ -234,9 +224,7 @@ def build_inputs(sig: SignatureSpec, batch_size: int, options: InputOptions) -> 
     tensors: dict[str, BuiltInput] = {}
     for name, spec in sig.inputs.items():
         if not spec.supported:
-            raise InvalidInputError(
-                f"input '{name}' has dtype {spec.dtype}, which the benchmark cannot generate"
-            )
+            raise InvalidInputError(f"input '{name}' has dtype {spec.dtype}, which the benchmark cannot generate")
         path = options.files.get(name)
         # A numeric data file brings its own dimensions; only generated tensors need defaults.
         from_file = path is not None and spec.dtype != "DT_STRING"

@@ -17,7 +17,7 @@ from pinserve.bench.runner import LatencyRun, ThroughputRun
 from pinserve.bench.stats import summarize
 
 SUMMARY_LIMIT = 4096
-_SUMMARY_LATENCY_KEYS = ("p50", "p90", "p99", "mean", "max")
+_SUMMARY_LATENCY_KEYS = ("p50", "p90", "p99", "mean", "max", "min", "stddev")
 _SUMMARY_THROUGHPUT_KEYS = ("batchSize", "concurrency", "requestsPerSecond", "itemsPerSecond")
 _NOTE_CHARS = 300
 _MESSAGE_CHARS = 1000

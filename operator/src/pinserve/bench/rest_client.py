@@ -1,4 +1,7 @@
-"""REST transport (TF Serving's :predict on 8501) over aiohttp with persistent keep-alive connections.
+"""REST transport (TF Serving's :predict on 8501) over persistent keep-alive connections.
+
+Throughput uses aiohttp (one pooled connection per concurrent worker); the latency loop uses one blocking
+stdlib http.client connection, for the reason given in runner.py.
 
 Failures are named like gRPC status codes (from TF Serving's HTTP mapping) so reports and exit codes
 read the same for both protocols. No TensorFlow import here: REST needs none.
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -47,6 +51,7 @@ _HTTP_CODES = {
 _RETRY_PAUSE_S = 0.5
 
 Call = Callable[[bytes], Awaitable[Any]]
+BlockingCall = Callable[[bytes], Any]
 
 
 class RestError(Exception):
@@ -113,17 +118,20 @@ class RestClient:
         connections: int = 1,
         fmt: str = "inputs",
     ) -> None:
-        host = target.removeprefix("http://")
+        host = target.removeprefix("http://").rstrip("/")
+        self._host = host
         self.target = target
         self.model = model
         self.version = version
         self.deadline = deadline
         self.fmt = fmt
         suffix = f"/versions/{version}" if version is not None else ""
-        self._base = f"http://{host}/v1/models/{quote(model, safe='')}{suffix}"
+        self._path = f"/v1/models/{quote(model, safe='')}{suffix}"
+        self._base = f"http://{host}{self._path}"
         self._predict_url = self._base + ":predict"
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+        self._conn: http.client.HTTPConnection | None = None
 
     def _http(self) -> aiohttp.ClientSession:
         # Created on first use so it binds to the running event loop.
@@ -139,6 +147,8 @@ class RestClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        if self._conn is not None:
+            self._conn.close()
 
     def _label(self) -> str:
         return self.model if self.version is None else f"{self.model} version {self.version}"
@@ -156,9 +166,7 @@ class RestClient:
         except aiohttp.ClientConnectionError as exc:
             raise ServerUnreachableError(f"cannot reach TF Serving at {self.target} ({what}: {exc})") from exc
         if status == 404:
-            raise ModelNotFoundError(
-                f"model '{self._label()}' not found at {self.target}: {_error_text(body)}"
-            )
+            raise ModelNotFoundError(f"model '{self._label()}' not found at {self.target}: {_error_text(body)}")
         if status != 200:
             code = _HTTP_CODES.get(status, f"HTTP_{status}")
             raise error_for_status(code, f"{what} failed: HTTP {status}: {_error_text(body)}")
@@ -174,9 +182,7 @@ class RestClient:
                 status = await self._get(self._base, "model status")
                 states = [s.get("state") for s in status.get("model_version_status", [])]
                 if "AVAILABLE" not in states:
-                    raise ModelNotFoundError(
-                        f"model '{self._label()}' has no AVAILABLE version (states: {states})"
-                    )
+                    raise ModelNotFoundError(f"model '{self._label()}' has no AVAILABLE version (states: {states})")
                 return
             except (ServerUnreachableError, ModelNotFoundError):
                 if time.monotonic() + _RETRY_PAUSE_S > give_up:
@@ -196,6 +202,25 @@ class RestClient:
     def build_payload(self, signature: str, inputs: Mapping[str, BuiltInput]) -> bytes:
         return encode_body(signature, inputs, self.fmt)
 
+    def latency_caller(self) -> BlockingCall:
+        """A blocking :predict over one keep-alive connection, for the one-in-flight latency loop."""
+        if self._conn is None:
+            self._conn = http.client.HTTPConnection(self._host, timeout=self.deadline)
+        conn = self._conn
+        path = self._path + ":predict"
+        headers = {"Content-Type": "application/json"}
+
+        def predict(payload: bytes) -> bytes:
+            conn.request("POST", path, body=payload, headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+            if response.status != 200:
+                code = _HTTP_CODES.get(response.status, f"HTTP_{response.status}")
+                raise RestError(code, _error_text(body))
+            return body
+
+        return predict
+
     def caller(self, index: int) -> Call:
         session = self._http()
         url = self._predict_url
@@ -214,11 +239,12 @@ class RestClient:
     def classify(exc: BaseException) -> tuple[str, str] | None:
         if isinstance(exc, RestError):
             return exc.code, exc.message
+        # TimeoutError first: aiohttp's ServerTimeoutError is also a connection error.
         if isinstance(exc, TimeoutError):
             return "DEADLINE_EXCEEDED", "no response within the deadline"
-        if isinstance(exc, aiohttp.ClientConnectionError):
+        if isinstance(exc, (aiohttp.ClientConnectionError, ConnectionError)):
             return "UNAVAILABLE", str(exc) or type(exc).__name__
-        if isinstance(exc, aiohttp.ClientError):
+        if isinstance(exc, (aiohttp.ClientError, http.client.HTTPException, OSError)):
             return "UNKNOWN", str(exc) or type(exc).__name__
         return None
 

@@ -56,9 +56,7 @@ def _failure(classify: Classify, exc: BaseException, what: str) -> BenchError | 
     return error_for_status(code, f"{what}: {code}: {message}")
 
 
-def run_latency(
-    call: BlockingCall, payload: bytes, warmup: int, requests: int, classify: Classify
-) -> LatencyRun:
+def run_latency(call: BlockingCall, payload: bytes, warmup: int, requests: int, classify: Classify) -> LatencyRun:
     """Warm-up then `requests` sequential calls, one in flight; the first failure aborts the run."""
     first: Any = None
     perf = time.perf_counter
@@ -81,9 +79,7 @@ def run_latency(
     return LatencyRun(latencies, first)
 
 
-async def _warm_up_concurrently(
-    calls: Sequence[Call], payload: bytes, warmup: int, classify: Classify
-) -> Any:
+async def _warm_up_concurrently(calls: Sequence[Call], payload: bytes, warmup: int, classify: Classify) -> Any:
     """At least one call per worker (every channel connected, every shape seen) before the clock starts."""
     rounds = max(1, -(-warmup // len(calls)))
     first: Any = None

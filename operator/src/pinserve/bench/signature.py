@@ -52,9 +52,7 @@ class TensorSpec:
         return DTYPES[self.dtype][0]
 
     def describe(self) -> str:
-        dims = (
-            "?" if self.shape is None else "[" + ",".join("?" if d < 0 else str(d) for d in self.shape) + "]"
-        )
+        dims = "?" if self.shape is None else "[" + ",".join("?" if d < 0 else str(d) for d in self.shape) + "]"
         return f"{self.name}:{self.dtype}{dims}"
 
 
@@ -110,9 +108,7 @@ def signature_from_json(name: str, sig_def: Mapping[str, Any]) -> SignatureSpec:
 
     def tensors(items: Mapping[str, Any]) -> dict[str, TensorSpec]:
         return {
-            key: TensorSpec(
-                key, _dtype_from_json(info.get("dtype")), _shape_from_json(info.get("tensor_shape"))
-            )
+            key: TensorSpec(key, _dtype_from_json(info.get("dtype")), _shape_from_json(info.get("tensor_shape")))
             for key, info in sorted(items.items())
         }
 
