@@ -780,8 +780,6 @@ class LocalCluster:
             "kube-controller-manager",
             [
                 f"--kubeconfig={kcm_config}",
-                f"--authentication-kubeconfig={kcm_config}",
-                f"--authorization-kubeconfig={kcm_config}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={ports['controller-manager']}",
                 f"--cert-dir={pki / 'kube-controller-manager'}",
@@ -803,8 +801,6 @@ class LocalCluster:
             "kube-scheduler",
             [
                 f"--kubeconfig={sched_config}",
-                f"--authentication-kubeconfig={sched_config}",
-                f"--authorization-kubeconfig={sched_config}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={ports['scheduler']}",
                 f"--cert-dir={pki / 'kube-scheduler'}",

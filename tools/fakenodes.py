@@ -17,6 +17,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,14 +76,20 @@ def unpack_snapshot(name: str) -> Path:
     return tops[0]
 
 
-def mem_total_bytes(root: Path) -> int:
-    for line in (root / "proc" / "meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            value, unit = line.split()[1:3]
-            if unit.lower() != "kb":
-                raise ValueError(f"unexpected MemTotal unit {unit!r}")
-            return int(value) * 1024
-    raise ValueError(f"{root}/proc/meminfo has no MemTotal")
+def mem_total_bytes(root: Path, numa_memory: Iterable[int | None] = ()) -> int:
+    """MemTotal from the snapshot's /proc/meminfo, else the sum of its NUMA nodes' memory."""
+    meminfo = root / "proc" / "meminfo"
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                value, unit = line.split()[1:3]
+                if unit.lower() != "kb":
+                    raise ValueError(f"unexpected MemTotal unit {unit!r}")
+                return int(value) * 1024
+    total = sum(m for m in numa_memory if m)
+    if total:
+        return total
+    raise ValueError(f"{root}: neither proc/meminfo nor NUMA node memory tells the memory size")
 
 
 def _label_value(text: str) -> str:
@@ -144,7 +151,7 @@ def make_fake_node(
     """
     root = unpack_snapshot(snapshot_name)
     topo = read_topology(root)
-    memory = mem_total_bytes(root)
+    memory = mem_total_bytes(root, (n.memory_bytes for n in topo.numa_nodes))
     reserved = topo.threads_per_core if reserved_cpus is None else reserved_cpus
     memory_mib = memory // (1024 * 1024)
     index = _node_index(name)

@@ -21,7 +21,7 @@ from kopf.testing import KopfRunner
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "modelservers.pinserve.io.yaml"
 CHART = REPO / "charts" / "pinserve"
-OPERATOR_NAMESPACE = "pinserve-system"
+OPERATOR_NAMESPACE = "pinserve-it"
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 
 T = TypeVar("T")

@@ -27,9 +27,10 @@ import yaml
 
 import cluster as cluster_tools
 import fakenodes
+from pinserve.agent.cli import agent_credentials
 from pinserve.agent.loop import AgentConfig, NodeAgent, load_topology, write_count
 from pinserve.agent.publisher import ANNOTATION_CPU_MANAGER
-from pinserve.kube import Credentials, KubeApi
+from pinserve.kube import KubeApi
 from pinserve.pinning import ANNOTATION_CPUS, ANNOTATION_CPUS_SOURCE
 from pinserve.topology.cpuset import format_cpulist, parse_cpulist
 from pinserve.topology.model import Topology
@@ -175,8 +176,9 @@ def test_rbac_is_what_the_agent_asks_for(setup: Setup) -> None:
         return proc.stdout.strip() == "yes"
 
     assert can("patch", "nodes") and can("get", "nodes") and can("watch", "pods") and can("patch", "pods")
-    assert not can("get", "nodes/proxy") and not can("list", "nodes") and not can("update", "nodes")
-    assert not can("delete", "pods") and not can("get", "secrets") and not can("patch", "nodes/status")
+    assert not can("get", "nodes", "--subresource=proxy") and not can("list", "nodes")
+    assert not can("update", "nodes") and not can("patch", "nodes", "--subresource=status")
+    assert not can("delete", "pods") and not can("get", "secrets")
 
 
 def test_agent_publishes_node_topology_and_pod_cpusets_then_writes_nothing(setup: Setup) -> None:
@@ -218,7 +220,7 @@ def test_agent_publishes_node_topology_and_pod_cpusets_then_writes_nothing(setup
     assert "api-writes=0" in second.stderr, second.stderr
 
     async def in_process() -> tuple[int, dict[str, int]]:
-        api = KubeApi(Credentials.from_kubeconfig(str(setup.kubeconfig)))
+        api = KubeApi(agent_credentials(str(setup.kubeconfig)))
         try:
             agent = NodeAgent(api, AgentConfig(node=setup.node, sysfs_root=str(setup.root),
                                                state_path=str(setup.state)))

@@ -84,6 +84,8 @@ def test_plain_manifests_install_and_remove(cluster: Any) -> None:
         assert any(d.startswith("daemonset") for d in docs)
         assert any(d.startswith("clusterrole") for d in docs)
     finally:
-        removed = cluster.kubectl("delete", "-f", str(manifest), "--ignore-not-found", "--wait=true",
-                                  check=False, timeout=180)
+        # Everything but the CRD: deleting it would delete every ModelServer of the other tests.
+        names = [n for n in cluster.kubectl("get", "-f", str(manifest), "-o", "name", check=False).stdout.split()
+                 if not n.startswith("customresourcedefinition")]
+        removed = cluster.kubectl("delete", "--ignore-not-found", "--wait=true", *names, check=False, timeout=180)
     assert removed.returncode == 0, removed.stderr
