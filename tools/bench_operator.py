@@ -31,7 +31,6 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import cluster as cluster_tools  # noqa: E402
 import fakenodes  # noqa: E402
-
 from pinserve.kube import Credentials, KubeApi  # noqa: E402
 
 NAMESPACE = "bench"
@@ -151,7 +150,7 @@ async def run(args: argparse.Namespace) -> None:
         print("  operator API requests per create: " + ", ".join(
             f"{verb} {count / args.modelservers:.2f}" for verb, count in sorted(per_create.items())))
         idle_minutes = args.idle / 60
-        print(f"  operator API requests per idle minute (resync every 60 s): " + (", ".join(
+        print("  operator API requests per idle minute (resync every 60 s): " + (", ".join(
             f"{verb} {count / idle_minutes:.1f}" for verb, count in sorted(idle.items())) or "none"))
         print(f"  operator RSS: {idle_rss:.0f} MB idle before creates, {peak_rss:.0f} MB with "
               f"{args.modelservers} ModelServers on {args.nodes} nodes, {rss_mb(operator.pid):.0f} MB after idling")

@@ -575,6 +575,7 @@ class LocalCluster:
         """
         with self._locked():
             t0 = time.monotonic()
+            self.timings = {}
             if self.healthy():
                 self.reused = True
                 state = self.load_state()
@@ -585,8 +586,9 @@ class LocalCluster:
                 if self.load_state() is not None:
                     log(f"{self.state_dir} holds a cluster that is not healthy; stopping what is left of it")
                     self._stop()
+                    self.timings["stop-stale"] = time.monotonic() - t0
                 bin_dir = resolve_bin_dir(self._bin_dir, build=build)
-                self.timings["binaries"] = time.monotonic() - t0
+                self.timings["binaries"] = time.monotonic() - t0 - self.timings.get("stop-stale", 0)
                 state = self._start(bin_dir, timeout=timeout)
             kube = Kube(self.kubeconfig, Path(state.bin_dir))
             self._ensure_nodes(kube, state, nodes, timeout=timeout)
@@ -873,9 +875,14 @@ class LocalCluster:
         missing = [n for n in nodes if n["metadata"]["name"] not in existing]
         if missing:  # one kubectl call, however many nodes (tools/bench_operator.py makes hundreds)
             kube.kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": missing}))
-        for node in nodes:
-            if node["metadata"]["name"] in existing:
-                kube.add_node(node, wait=False)  # refreshes labels and annotations
+        present = [n for n in nodes if n["metadata"]["name"] in existing]
+        if present:  # refresh labels and annotations (a Node's status is only taken at creation)
+            kube.apply_objects(
+                [
+                    {"apiVersion": "v1", "kind": "Node", "metadata": n["metadata"], "spec": n.get("spec", {})}
+                    for n in present
+                ]
+            )
         kube.wait_nodes_ready([n["metadata"]["name"] for n in nodes], timeout=timeout, check=check)
         self._timed("nodes", started)
 

@@ -72,7 +72,7 @@ def test_start_script_threads_match_cores(demo: Any) -> None:
     cores = status["placement"]["physicalCores"]
     for pod in status["pods"]:
         log = demo.kubectl("logs", "-n", demo.DEMO_NAMESPACE, pod["name"], "-c", "server")
-        line = next(l for l in log.splitlines() if l.startswith("pinserve:"))
+        line = next(row for row in log.splitlines() if row.startswith("pinserve:"))
         fields = dict(kv.split("=", 1) for kv in line.removeprefix("pinserve:").split() if "=" in kv)
         assert int(fields["physical_cores"]) == cores
         assert int(fields["OMP_NUM_THREADS"]) == cores

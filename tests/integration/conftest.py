@@ -50,7 +50,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if not any(item.get_closest_marker("integration") for item in session.items):
         return
     try:
-        cluster_tools.build_binaries()
+        os.environ["PINSERVE_BIN_DIR"] = str(cluster_tools.build_binaries())
     except cluster_tools.ClusterError as exc:
         _build_error = str(exc)
 
@@ -79,10 +79,8 @@ def cluster() -> Iterator[cluster_tools.IntegrationCluster]:
 
     bin_dir = cluster_tools.cached_bin_dir()
     if bin_dir is None:
-        reason = (
-            f"control plane binaries are not built (expected in {cluster_tools.expected_bin_dir()}); "
-            "run tools/testbin.sh"
-        )
+        where = os.environ.get("PINSERVE_BIN_DIR") or cluster_tools.expected_bin_dir()
+        reason = f"control plane binaries are not built (expected in {where}); run tools/testbin.sh"
         if _build_error:
             reason += f"; building them failed: {_build_error}"
         if in_ci():

@@ -27,10 +27,9 @@ import yaml
 
 import cluster as cluster_tools
 import fakenodes
-from pinserve.agent.cli import agent_credentials
 from pinserve.agent.loop import AgentConfig, NodeAgent, load_topology, write_count
 from pinserve.agent.publisher import ANNOTATION_CPU_MANAGER
-from pinserve.kube import KubeApi
+from pinserve.kube import Credentials, KubeApi
 from pinserve.pinning import ANNOTATION_CPUS, ANNOTATION_CPUS_SOURCE
 from pinserve.topology.cpuset import format_cpulist, parse_cpulist
 from pinserve.topology.model import Topology
@@ -220,7 +219,7 @@ def test_agent_publishes_node_topology_and_pod_cpusets_then_writes_nothing(setup
     assert "api-writes=0" in second.stderr, second.stderr
 
     async def in_process() -> tuple[int, dict[str, int]]:
-        api = KubeApi(agent_credentials(str(setup.kubeconfig)))
+        api = KubeApi(Credentials.from_kubeconfig(str(setup.kubeconfig)))
         try:
             agent = NodeAgent(api, AgentConfig(node=setup.node, sysfs_root=str(setup.root),
                                                state_path=str(setup.state)))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -126,7 +125,7 @@ def test_benchmark_runs_once_ready_and_lands_in_status(cluster: Any, operator: A
          ("bx-bench-1",)),
     ],
 )
-def test_bad_or_failed_benchmarks_become_conditions(cluster: Any, operator: Any, namespace: str, message: str,
+def test_bad_or_failed_benchmarks_become_conditions(cluster: Any, operator: Any, namespace: str, *, message: str,
                                                      exit_code: int, reason: str, attempts: tuple[str, ...]) -> None:
     body = modelserver("bx", cores=1, benchmark=bench_spec())
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))

@@ -102,12 +102,17 @@ class Credentials:
         from kubernetes import client, config  # noqa: PLC0415  (heavy; only needed here)
 
         cfg = client.Configuration()
+        # The library reads $KUBECONFIG once, at import; read it now (tests and tools set it later).
+        path = path or os.environ.get("KUBECONFIG") or None
         config.load_kube_config(config_file=path, client_configuration=cfg)  # type: ignore[no-untyped-call]
         ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.verify_ssl else \
             ssl._create_unverified_context()  # only when the kubeconfig says so
         if cfg.cert_file and cfg.key_file:
             ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-        token = (cfg.api_key or {}).get("authorization", "").removeprefix("Bearer ").strip() or None
+        keys = cfg.api_key or {}
+        # The client keeps a kubeconfig token under "authorization" or, in newer releases, "BearerToken".
+        raw = keys.get("authorization") or keys.get("BearerToken") or ""
+        token = raw.removeprefix("Bearer ").strip() or None
         return cls(cfg.host, ctx, token)
 
 

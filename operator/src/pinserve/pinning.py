@@ -80,6 +80,10 @@ def pinned_condition(
             return Condition("Pinned", "Unknown", "TopologyUnknown",
                              f"{where}: the node has no CPU topology from the pinserve agent; "
                              "is the agent DaemonSet running there?")
+        if policy == "unknown":
+            return Condition("Pinned", "Unknown", "CpuManagerUnknown",
+                             f"{where}: the agent cannot read the kubelet's CPU manager state; see the node's "
+                             "pinserve.io/cpu-manager annotation")
         if policy != "static":
             return Condition("Pinned", "False", "CpuManagerNotStatic",
                              f"{where}: the kubelet's CPU manager policy is {policy!r}; set "

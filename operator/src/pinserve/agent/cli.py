@@ -28,7 +28,7 @@ from pinserve.agent.publisher import node_patch, pod_patches
 from pinserve.kube import Credentials, KubeApi
 from pinserve.topology.model import Topology
 
-__all__ = ["agent_credentials", "build_parser", "main"]
+__all__ = ["build_parser", "main"]
 
 log = logging.getLogger("pinserve.agent")
 
@@ -129,29 +129,9 @@ def _dry_run(args: argparse.Namespace, node: str, topology: Topology) -> int:
     return 0
 
 
-def agent_credentials(kubeconfig: str | None = None) -> Credentials:
-    """``Credentials.from_environment()`` (or ``from_kubeconfig``), plus the kubeconfig bearer token it misses.
-
-    The kubernetes package (v29+) files a kubeconfig token under ``api_key["BearerToken"]``, while
-    ``Credentials.from_kubeconfig`` looks under ``"authorization"``, so a token kubeconfig (the local control
-    plane's, a ServiceAccount's) would talk to the API server as system:anonymous. In cluster the token file is
-    used and this changes nothing. Drop this once kube.py reads both keys.
-    """
-    credentials = Credentials.from_kubeconfig(kubeconfig) if kubeconfig else Credentials.from_environment()
-    if credentials.authorization() is not None or credentials._token_file is not None:
-        return credentials
-    from kubernetes import client, config  # noqa: PLC0415  (only on this path)
-
-    cfg = client.Configuration()
-    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
-    raw = str((cfg.api_key or {}).get("BearerToken") or "")
-    token = raw.removeprefix("Bearer ").strip()
-    return Credentials(credentials.server, credentials.ssl_context, token) if token else credentials
-
-
 async def _run(config: AgentConfig, topology: Topology, once: bool) -> int:
     try:
-        credentials = agent_credentials()
+        credentials = Credentials.from_environment()
     except Exception as exc:  # the kubernetes package raises its own ConfigException and OSErrors
         print(f"pinserve agent: no API credentials (in-cluster service account or KUBECONFIG): {exc}",
               file=sys.stderr)

@@ -46,7 +46,7 @@ from pinserve.bench.report import (
     now,
     throughput_section,
 )
-from pinserve.bench.runner import BlockingCall, Call, run_latency, run_throughput
+from pinserve.bench.runner import BlockingCall, Call, ThroughputRun, run_latency, run_throughput
 from pinserve.bench.signature import PREDICT_METHOD, SignatureSpec
 
 MODES = ("latency", "throughput", "both")
@@ -263,6 +263,26 @@ def _describe_inputs(built: BuiltInputs) -> dict[str, Any]:
     return {name: b.describe() for name, b in built.tensors.items()}
 
 
+def _throughput_failure(thr: ThroughputRun, max_error_rate: float) -> BenchError | None:
+    """The failure a throughput run amounts to, if any: nothing issued, nothing succeeded, or too many errors."""
+    if thr.attempted == 0:
+        return RequestFailedError("no throughput request was issued within --duration")
+    codes = ", ".join(f"{c}={n}" for c, n in thr.errors.most_common())
+    if thr.ok == 0:
+        code = thr.errors.most_common(1)[0][0]
+        return error_for_status(
+            code, f"all {thr.attempted} throughput requests failed ({codes}); first {code}: {thr.first_error[code]}"
+        )
+    failed = thr.attempted - thr.ok
+    rate = failed / thr.attempted
+    if rate > max_error_rate:
+        return RequestFailedError(
+            f"{failed} of {thr.attempted} throughput requests failed "
+            f"({rate:.2%} > --max-error-rate {max_error_rate:g}): {codes}"
+        )
+    return None
+
+
 async def _benchmark(args: argparse.Namespace, report: dict[str, Any], log: _Log) -> int:
     """Run the measurements, filling `report` as results arrive; returns the exit code."""
     client = _make_client(args)
@@ -331,22 +351,13 @@ async def _benchmark(args: argparse.Namespace, report: dict[str, Any], log: _Log
                 f"throughput: {section['requestsPerSecond']} req/s, {section['itemsPerSecond']} items/s, "
                 f"{section['errors']} errors"
             )
-            if thr.ok == 0:
-                code, count = thr.errors.most_common(1)[0]
-                raise error_for_status(
-                    code,
-                    f"all {count} throughput requests failed with {code}: {thr.first_error.get(code, '')}",
-                )
-            rate = section["errors"] / thr.attempted
-            if rate > args.max_error_rate:
-                err = RequestFailedError(
-                    f"{section['errors']} of {thr.attempted} throughput requests failed "
-                    f"({rate:.2%} > --max-error-rate {args.max_error_rate:g}): "
-                    + ", ".join(f"{c}={n}" for c, n in report["errorsByCode"].items())
-                )
-                report["error"] = {"reason": err.reason, "message": err.message}
-                log(f"{err.reason}: {err.message}")
-                exit_code = err.exit_code
+            failure = _throughput_failure(thr, args.max_error_rate)
+            if failure is not None:
+                if thr.ok == 0:
+                    raise failure  # nothing was measured: a plain failure
+                report["error"] = {"reason": failure.reason, "message": failure.message}
+                log(f"{failure.reason}: {failure.message}")
+                exit_code = failure.exit_code
         else:
             report["errors"] = 0
         if first is not None:

@@ -20,6 +20,12 @@ from pinserve.settings import Settings
 log = logging.getLogger("pinserve")
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The same sources as kube.Credentials, read when called: in-cluster first, then $KUBECONFIG."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Bookkeeping goes to annotations under our prefix, never into status.

@@ -30,6 +30,8 @@ def bench_args(ms: ModelServer) -> list[str]:
         "--duration", str(bench.throughput.duration_seconds),
         "--fill", bench.inputs.fill,
         "--summary-file", TERMINATION_LOG,
+        # The Job can start while a replica is still loading the model.
+        "--wait-ready", "120",
     ]
     for name, dims in sorted(bench.inputs.shapes.items()):
         args += ["--shape", f"{name}={','.join(str(d) for d in dims)}"]
