@@ -51,9 +51,7 @@ def unpack_snapshot(name: str) -> Path:
     """The unpacked root (holding ``sys/`` and ``proc/``) of snapshot ``name``; unpacks it once."""
     archive = snapshot_dir() / f"{name}.tar.bz2"
     if not archive.is_file():
-        raise FileNotFoundError(
-            f"no hwloc snapshot {archive}; available: {', '.join(available_snapshots()) or 'none'}"
-        )
+        raise FileNotFoundError(f"no hwloc snapshot {archive}; available: {', '.join(available_snapshots()) or 'none'}")
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:12]
     target = cache_dir() / "hwloc-sysfs" / f"{name}-{digest}"
     if not target.is_dir():

@@ -5,9 +5,11 @@ tools/cluster.py (simulated nodes from tools/fakenodes.py) and stops them at the
 
 Environment:
   PINSERVE_KUBECONFIG          use that cluster instead of starting one (never stopped, no nodes added)
-  PINSERVE_CLUSTER_STATE_DIR   state directory of the started cluster (default
-                               ~/.cache/pinserve/cluster-pytest); a healthy cluster running there is reused
-  PINSERVE_KEEP_CLUSTER=1      leave the cluster running after the session (fast re-runs)
+  PINSERVE_CLUSTER_STATE_DIR   state directory of the started cluster; a healthy cluster running there is
+                               reused (default: ~/.cache/pinserve/cluster-pytest-<pid>, one per session,
+                               removed after a green session, its logs kept after a red one)
+  PINSERVE_KEEP_CLUSTER=1      leave the cluster running after the session, in ~/.cache/pinserve/cluster-pytest
+                               unless PINSERVE_CLUSTER_STATE_DIR says otherwise (fast re-runs reuse it)
   PINSERVE_BUILD_TESTBIN=1     build missing binaries with tools/testbin.sh before the session (always in CI)
   CI=true                      a control plane that cannot start fails the tests instead of skipping them
 """
@@ -55,8 +57,25 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _build_error = str(exc)
 
 
+SESSION_PREFIX = "cluster-pytest-"
+
+
+def _reap_orphaned_sessions() -> None:
+    """Stop the control planes of earlier sessions that died without tearing down (killed pytest)."""
+    for state_dir in cluster_tools.cache_root().glob(f"{SESSION_PREFIX}*"):
+        pid = state_dir.name.removeprefix(SESSION_PREFIX)
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        try:
+            cluster_tools.LocalCluster(state_dir).down()
+        except (cluster_tools.ClusterError, OSError) as exc:
+            cluster_tools.log(f"could not clean up {state_dir}: {exc}")
+            continue
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[cluster_tools.IntegrationCluster]:
+def cluster(request: pytest.FixtureRequest) -> Iterator[cluster_tools.IntegrationCluster]:
     external = os.environ.get("PINSERVE_KUBECONFIG")
     if external:
         bin_dir = cluster_tools.cached_bin_dir()
@@ -64,9 +83,7 @@ def cluster() -> Iterator[cluster_tools.IntegrationCluster]:
             found = shutil.which("kubectl")
             bin_dir = Path(found).parent if found else None
         if bin_dir is None:
-            pytest.fail(
-                "PINSERVE_KUBECONFIG is set but no kubectl was found (run tools/testbin.sh)", pytrace=False
-            )
+            pytest.fail("PINSERVE_KUBECONFIG is set but no kubectl was found (run tools/testbin.sh)", pytrace=False)
         handle = cluster_tools.IntegrationCluster(Path(external), bin_dir)
         probe = handle.kubectl("get", "--raw", "/readyz", check=False, timeout=20)
         if probe.returncode != 0:
@@ -87,10 +104,17 @@ def cluster() -> Iterator[cluster_tools.IntegrationCluster]:
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
 
-    state_dir = os.environ.get("PINSERVE_CLUSTER_STATE_DIR")
-    local = cluster_tools.LocalCluster(
-        Path(state_dir) if state_dir else cluster_tools.cache_root() / "cluster-pytest", bin_dir
-    )
+    keep = _truthy("PINSERVE_KEEP_CLUSTER")
+    state_env = os.environ.get("PINSERVE_CLUSTER_STATE_DIR")
+    if state_env:
+        state_dir, ephemeral = Path(state_env), False
+    elif keep:
+        state_dir, ephemeral = cluster_tools.cache_root() / "cluster-pytest", False
+    else:
+        # One directory per session, so that concurrent sessions never share (or stop) a control plane.
+        _reap_orphaned_sessions()
+        state_dir, ephemeral = cluster_tools.cache_root() / f"{SESSION_PREFIX}{os.getpid()}", True
+    local = cluster_tools.LocalCluster(state_dir, bin_dir)
     try:
         local.up(build=False)
     except (cluster_tools.ClusterError, OSError) as exc:
@@ -98,10 +122,14 @@ def cluster() -> Iterator[cluster_tools.IntegrationCluster]:
     try:
         yield cluster_tools.IntegrationCluster(local.kubeconfig, bin_dir, local)
     finally:
-        if _truthy("PINSERVE_KEEP_CLUSTER"):
+        if keep:
             cluster_tools.log(f"PINSERVE_KEEP_CLUSTER set: leaving the cluster in {local.state_dir} running")
         else:
             local.down()
+            if ephemeral and request.session.testsfailed == 0:
+                shutil.rmtree(local.state_dir, ignore_errors=True)
+            else:
+                cluster_tools.log(f"control plane logs kept in {local.logs_dir}")
 
 
 @pytest.fixture

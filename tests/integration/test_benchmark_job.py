@@ -144,4 +144,4 @@ def test_bad_or_failed_benchmarks_become_conditions(cluster: Any, operator: Any,
     ms = get_ms(cluster, namespace, "bx")
     assert condition(ms, "Ready")["status"] == "True"  # the server stays Ready
     assert ms["status"]["benchmark"]["error"]["reason"] == reason
-    assert operator.exception is None
+    # (the module fixture checks at teardown that the operator never raised)

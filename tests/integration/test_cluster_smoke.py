@@ -80,18 +80,13 @@ def test_default_nodes_cover_the_shapes_we_plan_for(cluster: cluster_tools.Integ
     if cluster.local is None:
         pytest.skip("PINSERVE_KUBECONFIG cluster")
     nodes = cluster.get_json("nodes", "-l", cluster_tools.SIMULATED_NODE_SELECTOR)["items"]
-    shapes = {
-        (n["metadata"]["labels"][LABEL_SMT], int(n["metadata"]["labels"][LABEL_NUMA_NODES]) > 1)
-        for n in nodes
-    }
+    shapes = {(n["metadata"]["labels"][LABEL_SMT], int(n["metadata"]["labels"][LABEL_NUMA_NODES]) > 1) for n in nodes}
     assert ("true", True) in shapes  # 2-socket SMT, one NUMA node per socket
     assert ("false", False) in shapes  # non-SMT, one NUMA node
     assert ("false", True) in shapes  # multi-NUMA AMD
 
 
-def test_deployment_pod_becomes_running_and_ready(
-    cluster: cluster_tools.IntegrationCluster, namespace: str
-) -> None:
+def test_deployment_pod_becomes_running_and_ready(cluster: cluster_tools.IntegrationCluster, namespace: str) -> None:
     cluster.apply_yaml(
         textwrap.dedent(
             f"""
@@ -164,9 +159,7 @@ def _job_yaml(namespace: str, name: str, annotations: dict[str, str]) -> str:
 def test_job_pod_completes_with_fake_termination_message(
     cluster: cluster_tools.IntegrationCluster, namespace: str
 ) -> None:
-    message = json.dumps(
-        {"latencyMs": {"p50": 12.5, "p99": 20.25}, "requests": 200, "note": 'a "quoted" <x>'}
-    )
+    message = json.dumps({"latencyMs": {"p50": 12.5, "p99": 20.25}, "requests": 200, "note": 'a "quoted" <x>'})
     cluster.apply_yaml(
         _job_yaml(namespace, "bench", {"pinserve.io/fake-termination-message": message}),
     )
@@ -261,9 +254,7 @@ def test_deleting_an_owner_garbage_collects_its_dependents(
     cluster.kubectl("delete", "deployment", "owner", "-n", namespace, "--wait=false")
 
     def all_gone() -> bool | None:
-        left = cluster.kubectl(
-            "get", "replicasets,pods", "-n", namespace, "-l", "app=owner", "-o", "name", check=False
-        )
+        left = cluster.kubectl("get", "replicasets,pods", "-n", namespace, "-l", "app=owner", "-o", "name", check=False)
         dependent = cluster.exists("configmap", "dependent", "-n", namespace)
         return True if not left.stdout.strip() and not dependent else None
 

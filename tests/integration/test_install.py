@@ -11,9 +11,9 @@ from operator_harness import REPO, eventually, install_crd
 
 pytestmark = pytest.mark.integration
 
-RELEASE = "pinserve"
+RELEASE = "it-release"  # not "pinserve": other tests apply the chart's RBAC under that name
 NAMESPACE = "pinserve-install"
-INSTANCE = "app.kubernetes.io/instance=pinserve"
+INSTANCE = f"app.kubernetes.io/instance={RELEASE}"
 
 
 def helm(cluster: Any, *args: str) -> subprocess.CompletedProcess[str]:
@@ -46,17 +46,19 @@ def test_helm_install_runs_the_operator_and_uninstall_leaves_nothing(cluster: An
         account = pod_spec["serviceAccountName"]
         # The operator's ServiceAccount may do what the operator needs, and no more.
         can = {
-            ("patch", "modelservers.pinserve.io/status"): "yes",
-            ("create", "deployments.apps"): "yes",
-            ("delete", "jobs.batch"): "yes",
-            ("get", "secrets"): "no",
-            ("delete", "deployments.apps"): "no",
-            ("get", "nodes/proxy"): "no",
+            ("patch", "modelservers.pinserve.io", "status"): "yes",
+            ("create", "deployments.apps", ""): "yes",
+            ("delete", "jobs.batch", ""): "yes",
+            ("get", "secrets", ""): "no",
+            ("delete", "deployments.apps", ""): "no",
+            ("get", "nodes", "proxy"): "no",
+            ("create", "pods", "exec"): "no",
         }
-        for (verb, resource), expected in can.items():
-            answer = cluster.kubectl("auth", "can-i", verb, resource, "-A",
+        for (verb, resource, sub), expected in can.items():
+            extra = [f"--subresource={sub}"] if sub else []
+            answer = cluster.kubectl("auth", "can-i", verb, resource, *extra, "-A",
                                      f"--as=system:serviceaccount:{NAMESPACE}:{account}", check=False).stdout.strip()
-            assert answer == expected, f"{account} can-i {verb} {resource}: {answer}"
+            assert answer == expected, f"{account} can-i {verb} {resource} {sub}: {answer}"
         daemonsets = cluster.get_json("-n", NAMESPACE, "daemonsets", "-l", INSTANCE)["items"]
         assert daemonsets, "the chart installed no agent DaemonSet"
         # Every example is accepted by the real API server (schema, defaults and CEL rules).

@@ -211,20 +211,22 @@ def test_objects_it_does_not_own_are_left_alone(cluster: Any, operator: Any, nam
     assert "ownerReferences" not in after["metadata"]
 
 
-def test_invalid_spec_that_passes_the_schema_gets_a_condition(cluster: Any, operator: Any, namespace: str) -> None:
-    """What only the operator can judge becomes Ready=False InvalidSpec naming the field; no retry storm."""
-    body = modelserver("escape", cores=1)
-    body["spec"]["model"]["path"] = "../../etc"
-    apply(cluster, namespace, body)
+def test_child_the_api_server_refuses_becomes_a_condition(cluster: Any, operator: Any, namespace: str) -> None:
+    """placement.affinity is a free-form Kubernetes type: the API server judges it when the Deployment is applied.
+    The answer becomes Ready=False ApplyFailed naming the field, with no retry storm and no crash."""
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "zone", "operator": "Sometimes", "values": ["a"]}]}]}}}
+    apply(cluster, namespace, modelserver("refused", cores=1, placement={"affinity": affinity}))
 
-    def invalid() -> dict[str, Any] | None:
-        ready = condition(get_ms(cluster, namespace, "escape"), "Ready")
-        return ready if ready.get("reason") == "InvalidSpec" else None
+    def refused() -> dict[str, Any] | None:
+        ready = condition(get_ms(cluster, namespace, "refused"), "Ready")
+        return ready if ready.get("reason") == "ApplyFailed" else None
 
-    ready = eventually("Ready=False InvalidSpec", invalid)
-    assert "spec.model.path" in ready["message"]
-    assert get_obj(cluster, namespace, "deployment", "escape") is None
-    version = get_ms(cluster, namespace, "escape")["metadata"]["resourceVersion"]
-    # Several more reconciles (periodic resyncs) later, nothing has been rewritten.
-    settle(3)
-    assert get_ms(cluster, namespace, "escape")["metadata"]["resourceVersion"] == version
+    ready = eventually("Ready=False ApplyFailed", refused)
+    assert ready["message"].startswith("Deployment refused was refused") and "operator" in ready["message"]
+    assert get_obj(cluster, namespace, "deployment", "refused") is None
+    version = get_ms(cluster, namespace, "refused")["metadata"]["resourceVersion"]
+    settle(3)  # several periodic resyncs later nothing has been rewritten
+    assert get_ms(cluster, namespace, "refused")["metadata"]["resourceVersion"] == version
+    events = cluster.get_json("-n", namespace, "events", "--field-selector", "involvedObject.name=refused")["items"]
+    assert sum(1 for e in events if e["reason"] == "ApplyFailed") == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from pinserve.status import Condition
 log = logging.getLogger("pinserve")
 
 Key = tuple[str, str]  # (namespace, ModelServer name)
+IN_FLIGHT_SECONDS = 10.0
 
 
 @dataclass
@@ -50,8 +52,8 @@ class Controller:
     # Status we wrote, keyed by the resourceVersion it replaced: until the watch delivers
     # the new object, the index still shows the old one and must not be trusted.
     written: dict[Key, _Written] = field(default_factory=dict)
-    # (kind, namespace, name) -> resourceVersion seen before our apply, for the same reason.
-    applied: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
+    # (kind, namespace, name) -> (resourceVersion seen before our apply, when), for the same reason.
+    applied: dict[tuple[str, str, str], tuple[str | None, float]] = field(default_factory=dict)
     reconciles: int = 0
 
     def _lock(self, key: Key) -> asyncio.Lock:
@@ -80,7 +82,10 @@ class Controller:
             return False
         live = observed.children.get((obj["kind"], meta["name"]))
         live_rv = (live or {}).get("metadata", {}).get("resourceVersion")
-        if live_rv == self.applied[marker]:
+        before, when = self.applied[marker]
+        # A watch delivers our own write within moments; after that, a difference is real drift
+        # (e.g. the object was deleted by hand) and must be repaired.
+        if live_rv == before and time.monotonic() - when < IN_FLIGHT_SECONDS:
             return True
         del self.applied[marker]
         return False
@@ -100,7 +105,10 @@ class Controller:
                 desired = status_writer.desired_status(
                     desired, generation=generation, conditions=[failure], fields={}, now=now
                 )
-                outcome.events.append(EventSpec("Warning", failure.reason, failure.message))
+                previous = next((c for c in (body.get("status") or {}).get("conditions") or []
+                                 if c.get("type") == "Ready"), {})
+                if (previous.get("reason"), previous.get("message")) != (failure.reason, failure.message):
+                    outcome.events.append(EventSpec("Warning", failure.reason, failure.message))
             await self._write_status(key, body, desired)
             for event in outcome.events:
                 await self._post_event(body, event)
@@ -130,7 +138,7 @@ class Controller:
                 return Condition("Ready", "False", "ApplyFailed",
                                  f"{obj['kind']} {meta['name']} was refused: {exc.message}")
             self.applied[(obj["kind"], meta["namespace"], meta["name"])] = (
-                (live or {}).get("metadata", {}).get("resourceVersion")
+                (live or {}).get("metadata", {}).get("resourceVersion"), time.monotonic()
             )
         ms = outcome.modelserver
         for kind, name in outcome.delete:
