@@ -310,3 +310,58 @@ def test_running_agent_follows_new_pods_and_checkpoint_changes(setup: Setup) -> 
     assert proc.returncode == 0, stderr
     # node (first publication) + first (shared) + node (default set) + first (exclusive) + second (shared)
     assert "stopped; api-writes=5 " in stderr, stderr
+
+
+def test_operator_reports_pods_cpus_and_pinned_from_the_agent(setup: Setup, tmp_path: Path) -> None:
+    """Agent and operator together: status.pods carries the real cpuset; Pinned follows the kubelet's state."""
+    from operator_harness import (  # noqa: PLC0415  (integration helpers, imported where used)
+        condition,
+        eventually,
+        install_crd,
+        install_operator_rbac,
+        modelserver,
+        running_operator,
+    )
+
+    cluster, ns = setup.cluster, setup.namespace
+    setup.write_state({})
+    setup.run_once()  # the node now carries its topology and the static policy
+    install_crd(cluster)
+    operator_kubeconfig = tmp_path / "operator.kubeconfig"
+    install_operator_rbac(cluster, operator_kubeconfig)
+    with running_operator(operator_kubeconfig, PINSERVE_RESYNC_SECONDS="2"):
+        body = modelserver("pinned", cores=4, placement={"nodeSelector": {"kubernetes.io/hostname": setup.node}})
+        cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(body))
+
+        def ms() -> dict[str, Any]:
+            return dict(cluster.get_json("-n", ns, "modelserver/pinned"))
+
+        eventually("pinned Ready", lambda: condition(ms(), "Ready").get("status") == "True", timeout=90)
+        placement = ms()["status"]["placement"]
+        assert (placement["cpuRequest"], placement["threadsPerCore"]) == (8, 2)  # SMT: whole cores
+        pod = cluster.get_json("-n", ns, "pods", "-l", "pinserve.io/modelserver=pinned")["items"][0]
+        uid, name = pod["metadata"]["uid"], pod["metadata"]["name"]
+
+        def pinned(reason: str) -> dict[str, Any]:
+            setup.run_once()
+            return eventually(f"Pinned reason {reason}",
+                              lambda: (c := condition(ms(), "Pinned")).get("reason") == reason and c, timeout=30)
+
+        # Shared pool: the container is not in the checkpoint's entries.
+        assert pinned("SharedCpus")["status"] == "False"
+        # Exclusive whole cores: both threads of cores 2-5 on socket 0.
+        setup.write_state({uid: PINNED_CPUS})
+        assert pinned("ExclusiveCores")["status"] == "True"
+        [entry] = ms()["status"]["pods"]
+        assert entry == {"name": name, "node": setup.node, "qosClass": "Guaranteed", "ready": True,
+                         "cpus": PINNED_CPUS, "physicalCores": 4}
+        # Eight CPUs that are one thread of eight cores: exclusive, but not whole cores.
+        setup.write_state({uid: "2-9"})
+        assert pinned("PartialCores")["status"] == "False"
+        # A kubelet without the static policy.
+        setup.state.write_text(json.dumps({"policyName": "none", "defaultCpuSet": "", "checksum": 1}))
+        cond = pinned("CpuManagerNotStatic")
+        assert cond["status"] == "False" and "--cpu-manager-policy=static" in cond["message"]
+        # No checkpoint at all: the agent says it cannot tell, and so does the operator.
+        setup.state.unlink()
+        assert pinned("CpuManagerUnknown")["status"] == "Unknown"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pinserve.settings import Settings  # noqa: PLC0415
 
     namespaces = Settings.from_env().namespaces
+    kopf.configure(verbose=args.verbose)
+    if not args.verbose:
+        # kopf logs every handled watch event at INFO; keep the operator's own lines and warnings.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,
@@ -76,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the operator (kopf), cluster-wide or in PINSERVE_NAMESPACES")
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf's liveness endpoint")
+    run.add_argument("--verbose", action="store_true", help="log every handled event")
 
     topo = sub.add_parser("topology", help="this machine's CPU topology and the thread settings pinserve uses")
     topo.add_argument("--sysfs-root", default="/", help="a filesystem root holding sys/ (or a sysfs root)")
