@@ -105,8 +105,9 @@ class Controller:
                 desired = status_writer.desired_status(
                     desired, generation=generation, conditions=[failure], fields={}, now=now
                 )
-                previous = next((c for c in (body.get("status") or {}).get("conditions") or []
-                                 if c.get("type") == "Ready"), {})
+                previous: Mapping[str, Any] = next(
+                    (c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {}
+                )
                 if (previous.get("reason"), previous.get("message")) != (failure.reason, failure.message):
                     outcome.events.append(EventSpec("Warning", failure.reason, failure.message))
             await self._write_status(key, body, desired)
