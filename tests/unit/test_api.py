@@ -46,7 +46,7 @@ def test_minimal_spec_gets_the_documented_defaults() -> None:
     assert spec.replicas == 1
     bench = spec.benchmark
     assert bench.enabled and bench.protocol == "grpc" and bench.warmup_requests == 10
-    assert bench.latency.requests == 200
+    assert bench.latency.requests == 700
     assert (bench.throughput.batch_size, bench.throughput.concurrency, bench.throughput.duration_seconds) == (
         8, 4, 20)
     assert bench.inputs.fill == "random" and bench.inputs.shapes == {}

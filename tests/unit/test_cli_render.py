@@ -70,7 +70,7 @@ def server_env(deployment: dict[str, Any]) -> dict[str, str]:
 
 
 def test_the_examples_exist() -> None:
-    assert {p.stem for p in EXAMPLES} >= {"rfcn", "mask-rcnn", "3d-unet", "deeplabv3", "demo"}
+    assert {p.stem for p in EXAMPLES} >= {"rfcn", "mask-rcnn", "unet-3d", "deeplabv3", "demo"}
 
 
 def test_render_every_spec(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "modelservers.pinserve.io.yaml"
 EXAMPLES = ROOT / "manifests" / "examples"
-EXPECTED = {"rfcn", "mask-rcnn", "3d-unet", "deeplabv3", "demo"}
+EXPECTED = {"rfcn", "mask-rcnn", "unet-3d", "deeplabv3", "demo"}
 
 Schema = dict[str, Any]
 

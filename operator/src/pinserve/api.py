@@ -32,7 +32,8 @@ PLURAL = "modelservers"
 # Kubernetes quantity (binary and decimal suffixes); the apiserver normalises nothing here.
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 _URI_SCHEMES = ("http://", "https://", "gs://", "s3://")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# DNS-1035: the name also names the model's Service, which must start with a letter.
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -271,7 +272,7 @@ class ObjectRef(_Model):
     def _dns_label(cls, name: str) -> str:
         # Children are named <name>, <name>-config, <name>-bench-<gen>: keep it a DNS label.
         if len(name) > 48 or not _DNS_LABEL.match(name):
-            raise ValueError("metadata.name must be a DNS label of at most 48 characters")
+            raise ValueError("metadata.name must be a DNS-1035 label (start with a letter) of at most 48 characters")
         return name
 
 
@@ -303,7 +304,8 @@ def parse_modelserver(body: Mapping[str, Any]) -> ModelServer:
         )
     except ValidationError:
         raise InvalidSpecError(
-            "metadata.name", "must be a DNS label of at most 48 characters"
+            "metadata.name", "must start with a letter, hold only a-z, 0-9 and '-', and be at most 48 characters "
+            "(it names the model's Service)"
         ) from None
     spec = parse_spec(body.get("spec"))
     return ModelServer(ref=ref, spec=spec, annotations=dict(meta.get("annotations") or {}))
