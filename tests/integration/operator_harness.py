@@ -65,15 +65,17 @@ def install_operator_rbac(cluster: Any, kubeconfig_out: Path) -> str:
 
 
 @contextmanager
-def running_operator(kubeconfig: Path, **env: str) -> Iterator[KopfRunner]:
-    """The operator, in this process, as its ServiceAccount; stopped on exit."""
+def running_operator(kubeconfig: Path, namespace: str | None = None, **env: str) -> Iterator[KopfRunner]:
+    """The operator, in this process, as its ServiceAccount; stopped on exit.
+
+    With ``namespace`` it watches only that namespace (kopf --namespace), as PINSERVE_NAMESPACES does.
+    """
     saved = {k: os.environ.get(k) for k in ("KUBECONFIG", *env)}
     os.environ["KUBECONFIG"] = str(kubeconfig)
     os.environ.update(env)
     try:
-        with KopfRunner(
-            ["run", "--standalone", "--all-namespaces", "-m", "pinserve.handlers"], timeout=60
-        ) as runner:
+        scope = ["--namespace", namespace] if namespace else ["--all-namespaces"]
+        with KopfRunner(["run", "--standalone", *scope, "-m", "pinserve.handlers"], timeout=60) as runner:
             yield runner
     finally:
         for key, value in saved.items():

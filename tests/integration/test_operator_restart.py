@@ -28,7 +28,8 @@ def test_restart_is_a_no_op(cluster: Any, namespace: str, tmp_path: Path) -> Non
     kubeconfig = tmp_path / "kubeconfig"
     install_operator_rbac(cluster, kubeconfig)
     env = {"PINSERVE_RESYNC_SECONDS": "1"}
-    with running_operator(kubeconfig, **env) as first:
+    # Scoped to the test's namespace: ModelServers other tests leave behind are not this test's business.
+    with running_operator(kubeconfig, namespace, **env) as first:
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(modelserver("keep", cores=1)))
 
         def ready() -> dict[str, Any] | None:
@@ -44,7 +45,7 @@ def test_restart_is_a_no_op(cluster: Any, namespace: str, tmp_path: Path) -> Non
         deployment = cluster.get_json("-n", namespace, "deployment/keep")
     assert first.exception is None
 
-    with running_operator(kubeconfig, **env) as second:
+    with running_operator(kubeconfig, namespace, **env) as second:
         eventually("the restarted operator to start", lambda: state.CONTROLLER is not None)
         assert state.CONTROLLER is not None
         controller = state.CONTROLLER

@@ -130,6 +130,8 @@ class Controller:
                 return Condition("Ready", "False", "NameConflict",
                                  f"a {obj['kind']} named {meta['name']} already exists and is not owned by this "
                                  "ModelServer; pinserve leaves it alone (rename the ModelServer or remove it)")
+            log.info("applying %s %s/%s (%s)", obj["kind"], meta["namespace"], meta["name"],
+                     "create" if live is None else "drifted from the desired state")
             try:
                 await self.api.apply(obj)
             except ApiError as exc:
@@ -152,6 +154,7 @@ class Controller:
         patch = status_writer.status_patch(current, desired)
         if patch is None:
             return
+        log.debug("writing status of %s/%s: %s", key[0], key[1], patch)
         try:
             await status_writer.write_status(self.api, key[0], key[1], current, desired)
         except ApiError as exc:
