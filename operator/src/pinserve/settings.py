@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pinserve import __version__
 
@@ -32,9 +32,9 @@ class Settings:
     # Without the node agent we cannot see SMT; one thread per core is the assumption
     # that never asks the kubelet for half a core.
     assumed_threads_per_core: int = 1
+    # The model-fetch init container: whole CPUs too, or the pod is not Guaranteed.
     fetch_cpu: int = 1
     fetch_memory: str = "512Mi"
-    extra_labels: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -52,4 +52,6 @@ class Settings:
             assumed_threads_per_core=_int(
                 env, "PINSERVE_ASSUMED_THREADS_PER_CORE", default.assumed_threads_per_core
             ),
+            fetch_cpu=_int(env, "PINSERVE_FETCH_CPU", default.fetch_cpu),
+            fetch_memory=env.get("PINSERVE_FETCH_MEMORY") or default.fetch_memory,
         )
