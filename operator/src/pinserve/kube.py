@@ -130,7 +130,7 @@ class KubeApi:
         async with self._lock:
             if self._session is None or self._session.closed:
                 self._session = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(ssl=self.credentials.ssl_context, limit=20),
+                    connector=aiohttp.TCPConnector(ssl=self.credentials.ssl_context, limit=64),
                     timeout=self._timeout,
                 )
             return self._session

@@ -52,7 +52,7 @@ async def _resync_forever(interval: int) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await state.resync_all()
+            state.resync_all()
         except Exception:  # the loop must survive any single failure
             log.exception("periodic resync failed")
 

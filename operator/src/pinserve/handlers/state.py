@@ -8,10 +8,12 @@ from typing import Any
 
 from pinserve.controller import Controller, Key, Snapshot, observed_for
 from pinserve.planning import NodeInfo
+from pinserve.workqueue import KeyedQueue
 
 CONTROLLER: Controller | None = None
 RESYNC_TASK: asyncio.Task[None] | None = None
 STATS_TASK: asyncio.Task[None] | None = None
+QUEUE: KeyedQueue[Key] | None = None
 # kopf hands indices to handlers only; the resync loop borrows them from the last handler call.
 INDICES: dict[str, Any] = {}
 LAST_NODES: dict[str, NodeInfo] = {}
@@ -24,7 +26,10 @@ ALL_INDEXES = (MODELSERVER_INDEX, NODE_INDEX, POD_INDEX, *CHILD_INDEXES)
 
 
 def reset() -> None:
-    global CONTROLLER, RESYNC_TASK, STATS_TASK  # noqa: PLW0603  (module state by design)
+    global CONTROLLER, RESYNC_TASK, STATS_TASK, QUEUE  # noqa: PLW0603  (module state by design)
+    if QUEUE is not None:
+        QUEUE.cancel()
+    QUEUE = None
     CONTROLLER = None
     RESYNC_TASK = None
     STATS_TASK = None
@@ -58,34 +63,34 @@ def modelserver_body(key: Key) -> Mapping[str, Any] | None:
     return found[0] if found else None
 
 
-def snapshot(key: Key, body: Mapping[str, Any] | None = None) -> Snapshot:
+def snapshot(key: Key) -> Snapshot:
     children = [obj for name in CHILD_INDEXES for obj in _values(INDICES.get(name), key)]
     pods = _values(INDICES.get(POD_INDEX), key)
     return Snapshot(
-        body=body if body is not None else modelserver_body(key),
+        body=modelserver_body(key),
         nodes=nodes(),
         observed=observed_for(key, children, pods),
     )
 
 
-async def sync(key: Key, body: Mapping[str, Any] | None = None) -> None:
-    if CONTROLLER is None:
-        return
-    await CONTROLLER.sync(key, snapshot(key, body))
+async def _reconcile(key: Key) -> None:
+    # The snapshot is taken when the work runs, so a coalesced burst sees its latest event.
+    if CONTROLLER is not None:
+        await CONTROLLER.sync(key, snapshot(key))
 
 
-async def resync_all(only_unplaced: bool = False) -> None:
+def queue() -> KeyedQueue[Key]:
+    global QUEUE  # noqa: PLW0603  (module state by design)
+    if QUEUE is None:
+        QUEUE = KeyedQueue(_reconcile)
+    return QUEUE
+
+
+def trigger(key: Key) -> None:
+    if CONTROLLER is not None:
+        queue().trigger(key)
+
+
+def resync_all() -> None:
     for key in modelserver_keys():
-        body = modelserver_body(key)
-        if body is None:
-            continue
-        if only_unplaced and _placed(body):
-            continue
-        await sync(key)
-
-
-def _placed(body: Mapping[str, Any]) -> bool:
-    for cond in (body.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Placed":
-            return bool(cond.get("status") == "True")
-    return False
+        trigger(key)

@@ -26,6 +26,34 @@ def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def _pod_essentials(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Only what status, pinning and the benchmark read of a pod: pods are the largest index."""
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+
+    def containers(key: str) -> list[dict[str, Any]]:
+        return [{k: c[k] for k in ("name", "state", "lastState") if k in c} for c in status.get(key) or []]
+
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith("pinserve.io/")},
+            **({"deletionTimestamp": meta["deletionTimestamp"]} if meta.get("deletionTimestamp") else {}),
+        },
+        "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
+        "status": {
+            "phase": status.get("phase"),
+            "qosClass": status.get("qosClass"),
+            "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
+                           for c in status.get("conditions") or []],
+            "initContainerStatuses": containers("initContainerStatuses"),
+            "containerStatuses": containers("containerStatuses"),
+        },
+    }
+
+
 def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> tuple[str, str]:
     return (namespace or "", labels[LABEL_MODELSERVER])
 
@@ -45,7 +73,7 @@ def pinserve_nodes(**kw: Any) -> Any:
 
 @kopf.index("v1", "pods", labels=MANAGED)
 def pinserve_pods(**kw: Any) -> Any:
-    return {_owner_key(kw["namespace"], kw["labels"]): _plain(kw["body"])}
+    return {_owner_key(kw["namespace"], kw["labels"]): _pod_essentials(kw["body"])}
 
 
 @kopf.index("apps", "v1", "deployments", labels=MANAGED)
@@ -79,14 +107,14 @@ async def modelserver_changed(**kwargs: Any) -> None:
         if state.CONTROLLER is not None:
             state.CONTROLLER.forget(key)
         return  # owner references let the garbage collector remove the children
-    await state.sync(key, _plain(kwargs["body"]))
+    state.trigger(key)
 
 
 async def _child_changed(kwargs: Mapping[str, Any]) -> None:
     state.remember(kwargs)
     key = _owner_key(kwargs["namespace"], kwargs["labels"])
     if state.modelserver_body(key) is not None:
-        await state.sync(key)
+        state.trigger(key)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
@@ -127,4 +155,4 @@ async def node_changed(**kwargs: Any) -> None:
         state.LAST_NODES[name] = info
     if previous == info or (previous is None and event.get("type") is None):
         return  # heartbeats, and the initial listing, change nothing we plan with
-    await state.resync_all()
+    state.resync_all()
