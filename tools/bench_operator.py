@@ -104,8 +104,7 @@ async def run(args: argparse.Namespace) -> None:
     local.up(nodes=nodes, build=False)
     print(f"cluster with {args.nodes} simulated nodes up in {time.monotonic() - t0:.1f}s", flush=True)
     kube = local.kube()
-    kube.kubectl("apply", "--server-side", "-f", str(REPO / "crds/modelservers.pinserve.io.yaml"))
-    kube.kubectl("wait", "--for=condition=Established", "crd/modelservers.pinserve.io", "--timeout=60s")
+    kube.install_crd(REPO / "crds/modelservers.pinserve.io.yaml", "modelservers.pinserve.io")
     kube.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=600)
     kube.kubectl("create", "namespace", NAMESPACE)
 

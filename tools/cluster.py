@@ -273,6 +273,18 @@ class Kube:
     def apply_objects(self, objects: Sequence[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
         return self.apply_yaml(yaml.safe_dump_all(list(objects), sort_keys=False))
 
+    def install_crd(self, path: Path, name: str, *, timeout: float = 60) -> None:
+        """Apply a CRD and wait until it is Established (polling: right after the apply there is no status
+        yet, and `kubectl wait` fails on that instead of waiting)."""
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+
+        def established() -> bool | None:
+            proc = self.kubectl("get", "crd", name, "-o",
+                                'jsonpath={.status.conditions[?(@.type=="Established")].status}', check=False)
+            return True if proc.stdout.strip() == "True" else None
+
+        wait_until(f"CRD {name} to be Established", established, timeout=timeout)
+
     def exists(self, *args: str) -> bool:
         proc = self.kubectl("get", *args, "--ignore-not-found", "-o", "name", check=False)
         return proc.returncode == 0 and bool(proc.stdout.strip())

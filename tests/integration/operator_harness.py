@@ -28,8 +28,7 @@ T = TypeVar("T")
 
 
 def install_crd(cluster: Any) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modelservers.pinserve.io", "--timeout=60s")
+    cluster.install_crd(CRD, "modelservers.pinserve.io")
 
 
 def chart_documents(cluster: Any, *values: str) -> list[dict[str, Any]]:
