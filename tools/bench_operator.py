@@ -128,7 +128,18 @@ async def run(args: argparse.Namespace) -> None:
         while len(seen) < len(created) and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
         latencies = [(seen[n] - created[n]) * 1000 for n in created if n in seen]
-        await asyncio.sleep(args.settle)
+        # Pods keep starting (and statuses changing) well after the last Deployment appears: the idle
+        # window starts only once the operator has written nothing for --settle seconds.
+        converged_at = time.monotonic()
+        quiet_since, last_writes = time.monotonic(), -1
+        while time.monotonic() - quiet_since < args.settle and time.monotonic() - converged_at < 600:
+            current = read_stats(stats)["requests"]
+            writes = sum(current.get(v, 0) for v in ("POST", "PUT", "PATCH", "DELETE"))
+            if writes != last_writes:
+                quiet_since, last_writes = time.monotonic(), writes
+            await asyncio.sleep(1)
+        print(f"  converged (no operator writes for {args.settle:.0f} s) "
+              f"{time.monotonic() - converged_at:.0f} s after the last create", flush=True)
         after_create = read_stats(stats)
         peak_rss = rss_mb(operator.pid)
         await asyncio.sleep(args.idle)
@@ -146,7 +157,7 @@ async def run(args: argparse.Namespace) -> None:
         missing = len(created) - len(latencies)
         if missing:
             print(f"  {missing} Deployments did not appear within 300 s")
-        print("  operator API requests per create: " + ", ".join(
+        print("  operator API requests per create (until converged): " + ", ".join(
             f"{verb} {count / args.modelservers:.2f}" for verb, count in sorted(per_create.items())))
         idle_minutes = args.idle / 60
         print("  operator API requests per idle minute (resync every 60 s): " + (", ".join(
@@ -169,7 +180,8 @@ def main() -> None:
     parser.add_argument("--modelservers", type=int, default=1000)
     parser.add_argument("--nodes", type=int, default=200)
     parser.add_argument("--rate", type=float, default=10.0, help="creates per second")
-    parser.add_argument("--settle", type=float, default=20.0, help="seconds after the last Deployment appears")
+    parser.add_argument("--settle", type=float, default=15.0,
+                        help="seconds without operator writes that count as converged")
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of idling to count no-op requests")
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
     asyncio.run(run(parser.parse_args()))
