@@ -8,22 +8,10 @@ the log-line format).
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
-import jinja2
+from pinserve.render.text import render_text
 
 TEMPLATE = "start.sh.j2"
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
-
-
-@cache
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,  # shell, never HTML
-    )
 
 
 def render_start_script(*, default_inter_op: int = 2, default_kmp_blocktime: int = 1) -> str:
@@ -40,8 +28,9 @@ def render_start_script(*, default_inter_op: int = 2, default_kmp_blocktime: int
         or default_kmp_blocktime < 0
     ):
         raise ValueError(f"default_kmp_blocktime must be an int >= 0, got {default_kmp_blocktime!r}")
-    return (
-        _environment()
-        .get_template(TEMPLATE)
-        .render(default_inter_op=default_inter_op, default_kmp_blocktime=default_kmp_blocktime)
-    )
+    return _render(default_inter_op, default_kmp_blocktime)
+
+
+@cache  # rendered on every reconcile (ConfigMap and the Deployment's config hash); the inputs are two ints
+def _render(default_inter_op: int, default_kmp_blocktime: int) -> str:
+    return render_text(TEMPLATE, default_inter_op=default_inter_op, default_kmp_blocktime=default_kmp_blocktime)
