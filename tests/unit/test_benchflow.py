@@ -72,7 +72,8 @@ def bench_pod(job_name: str, message: str | None, exit_code: int = 0) -> dict[st
 def decide(ms: ModelServer, placement: Placement, *, jobs: list[dict[str, Any]] | None = None,
            pods: list[dict[str, Any]] | None = None, current: dict[str, Any] | None = None,
            ready: Condition = READY, settings: Settings = SETTINGS) -> benchflow.BenchDecision:
-    return evaluate(ms, placement, ready, jobs=jobs or [], current=current, settings=settings, pods=pods or [])
+    del placement  # the Job targets the Service; callers keep passing a planned placement for realism
+    return evaluate(ms, ready, jobs=jobs or [], current=current, settings=settings, pods=pods or [])
 
 
 # -- starting ---------------------------------------------------------------------------------------------

@@ -545,7 +545,7 @@ def _operator_statuses(
             "status": {"containerStatuses": [{"name": "bench", "state": {"terminated": terminated}}]},
         }
         decision = benchflow.evaluate(
-            ms, placement, ready, jobs=[job], current=None, settings=settings, pods=[bench_pod]
+            ms, ready, jobs=[job], current=None, settings=settings, pods=[bench_pod]
         )
         assert decision.status, "the benchmark flow wrote no status"
         fields = {

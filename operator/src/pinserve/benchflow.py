@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pinserve.api import ModelServer
-from pinserve.planning import Placement
 from pinserve.render.common import bench_job_name
 from pinserve.render.job import LABEL_RUN_KEY, render_bench_job
 from pinserve.settings import Settings
@@ -154,7 +153,6 @@ def _cleanup(jobs: Sequence[Mapping[str, Any]], keep: int, current: str) -> list
 
 def evaluate(
     ms: ModelServer,
-    placement: Placement,
     ready: Condition,
     *,
     jobs: Sequence[Mapping[str, Any]],
@@ -162,7 +160,6 @@ def evaluate(
     settings: Settings,
     pods: Sequence[Mapping[str, Any]] = (),
 ) -> BenchDecision:
-    del placement  # the Job follows the Service; placement is already in status
     bench = ms.spec.benchmark
     if not bench.enabled:
         return BenchDecision(Condition("Benchmarked", "False", "Disabled", "spec.benchmark.enabled is false"))

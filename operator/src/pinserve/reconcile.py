@@ -178,7 +178,7 @@ def reconcile(
         pinned_condition(pods, by_name, placement.cpu_request),
     ]
     bench = benchflow.evaluate(
-        ms, placement, ready, jobs=observed.jobs, current=current.get("benchmark"), settings=settings,
+        ms, ready, jobs=observed.jobs, current=current.get("benchmark"), settings=settings,
         pods=observed.bench_pods,
     )
     conditions.append(bench.condition)

@@ -13,7 +13,6 @@ LABEL_MODELSERVER = "pinserve.io/modelserver"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_CONFIG_HASH = "pinserve.io/config-hash"
-ANNOTATION_GENERATION = "pinserve.io/generation"
 
 GRPC_PORT = 8500
 REST_PORT = 8501
