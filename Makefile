@@ -53,10 +53,10 @@ bench: install testbin ## print benchmark figures: render, bench client cost, op
 	PINSERVE_BIN_DIR=$$(bash tools/testbin.sh 2>/dev/null) bash tools/bench.sh
 
 cluster-up: install testbin ## start the local control plane (etcd, apiserver, KWOK nodes)
-	PATH=$$(bash tools/testbin.sh 2>/dev/null):$$PATH $(BIN)/python tools/cluster.py up
+	PATH=$$(bash tools/testbin.sh 2>/dev/null):$$PATH $(BIN)/python -m tools.cluster up
 
 cluster-down: ## stop the local control plane
-	$(BIN)/python tools/cluster.py down
+	$(BIN)/python -m tools.cluster down
 
 manifests: install testbin ## regenerate manifests/install.yaml and the chart's CRD copy
 	PATH=$$(bash tools/testbin.sh 2>/dev/null):$$PATH bash tools/gen_manifests.sh

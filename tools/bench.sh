@@ -6,12 +6,12 @@ py=.venv/bin/python
 export PATH="${PINSERVE_BIN_DIR:-$(bash tools/testbin.sh 2>/dev/null)}:$PATH"
 
 echo "== pinserve render (planning + rendering, per ModelServer and per process)"
-"$py" tools/bench_render.py
+"$py" -m tools.bench_render
 
 echo
 echo "== benchmark client cost against a no-op gRPC server on loopback"
-"$py" tools/bench_client.py
+"$py" -m tools.bench_client
 
 echo
 echo "== operator at scale on the local control plane"
-"$py" tools/bench_operator.py "$@"
+"$py" -m tools.bench_operator "$@"

@@ -1,6 +1,6 @@
 """What the benchmark client itself costs: throughput mode against a no-op TF Serving on loopback.
 
-    .venv/bin/python tools/bench_client.py [--duration 5] [--concurrency 16] [--channels 1,2]
+    .venv/bin/python -m tools.bench_client [--duration 5] [--concurrency 16] [--channels 1,2]
 
 The no-op server runs in a child process (so the client's CPU time is its own) and answers Predict with
 a fixed pre-serialized response. For each channel count the script runs `pinserve bench --mode

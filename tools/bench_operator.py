@@ -5,7 +5,7 @@ its own process. Printed: time from create to Deployment present (p50/p99, measu
 watch from this process), the operator's API requests by verb per create and per idle
 minute (from its stats file), and the operator's RSS.
 
-Usage: python tools/bench_operator.py [--modelservers 1000] [--nodes 200] [--rate 10] [--idle 60]
+Usage: python -m tools.bench_operator [--modelservers 1000] [--nodes 200] [--rate 10] [--idle 60]
 """
 
 from __future__ import annotations
@@ -26,12 +26,11 @@ from typing import Any
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tools"))
+from pinserve.kube import Credentials, KubeApi
+from tools import cluster as cluster_tools
+from tools import fakenodes
 
-import cluster as cluster_tools  # noqa: E402
-import fakenodes  # noqa: E402
-from pinserve.kube import Credentials, KubeApi  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 NAMESPACE = "bench"
 SNAPSHOTS = ("32intel64-2p8co2t+8ve", "8em64t-2s2ca2c", "64amd64-4s2n4ca2co")

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """The integration tier's local control plane: a module and a CLI.
 
-    python tools/cluster.py up     [--state-dir DIR] [--bin-dir DIR] [--no-build] [--timeout S]
-    python tools/cluster.py down   [--state-dir DIR]
-    python tools/cluster.py status [--state-dir DIR]
-    python tools/cluster.py env    [--state-dir DIR]      # eval "$(python tools/cluster.py env)"
+    python -m tools.cluster up     [--state-dir DIR] [--bin-dir DIR] [--no-build] [--timeout S]
+    python -m tools.cluster down   [--state-dir DIR]
+    python -m tools.cluster status [--state-dir DIR]
+    python -m tools.cluster env    [--state-dir DIR]      # eval "$(python -m tools.cluster env)"
 
 ``up`` starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the ``kwok`` controller as
 child processes (binaries from tools/testbin.sh), all on 127.0.0.1 with ports picked at runtime, then creates
@@ -17,35 +17,58 @@ defaults to ``~/.cache/pinserve/cluster`` (``$PINSERVE_CACHE/cluster``).
 from __future__ import annotations
 
 import argparse
-import base64
-import contextlib
-import fcntl
 import json
-import os
 import secrets
 import shutil
-import signal
-import socket
 import ssl
-import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import yaml
+from tools.binaries import (
+    CLUSTER_BINARIES,
+    COMPONENTS,
+    REPO_ROOT,
+    TOOLS_DIR,
+    build_binaries,
+    cache_root,
+    cached_bin_dir,
+    expected_bin_dir,
+    missing_binaries,
+    read_versions,
+    resolve_bin_dir,
+)
+from tools.kubeutil import (
+    FIELD_MANAGER,
+    SIMULATED_NODE_SELECTOR,
+    ClusterError,
+    IntegrationCluster,
+    Kube,
+    ProcessRecord,
+    free_ports,
+    log,
+    node_blocking_taints,
+    node_ready,
+    proc_start_time,
+    tail,
+    wait_until,
+)
+from tools.pki import generate_rsa_key_pair, last_pem_certificate, write_kubeconfig
+from tools.statedir import ClusterState, StateDir, default_state_dir
 
-TOOLS_DIR = Path(__file__).resolve().parent
-REPO_ROOT = TOOLS_DIR.parent
+__all__ = [
+    "CLUSTER_BINARIES", "COMPONENTS", "CONTROLLERS", "FIELD_MANAGER", "KWOK_CONFIG_DIR", "REPO_ROOT", "SA_ISSUER",
+    "SERVICE_CIDR", "SIMULATED_NODE_SELECTOR", "TOOLS_DIR", "ClusterError", "ClusterState", "IntegrationCluster",
+    "Kube", "LocalCluster", "ProcessRecord", "StateDir", "build_binaries", "cache_root", "cached_bin_dir",
+    "default_state_dir", "expected_bin_dir", "free_ports", "generate_rsa_key_pair", "last_pem_certificate", "log",
+    "main", "missing_binaries", "node_blocking_taints", "node_ready", "proc_start_time", "read_versions",
+    "resolve_bin_dir", "tail", "wait_until", "write_kubeconfig",
+]
+
 KWOK_CONFIG_DIR = TOOLS_DIR / "kwok"
-
-#: Start order; ``down`` stops in reverse.
-COMPONENTS: tuple[str, ...] = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-CLUSTER_BINARIES: tuple[str, ...] = (*COMPONENTS, "kubectl")
 SERVICE_CIDR = "10.96.0.0/16"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 #: What the controller manager runs: enough for Deployments, Jobs, DaemonSets, StatefulSets, Services,
@@ -71,508 +94,10 @@ CONTROLLERS: tuple[str, ...] = (
     "clusterrole-aggregation-controller",
     "service-cidr-controller",
 )
-FIELD_MANAGER = "pinserve-tests"
-SIMULATED_NODE_SELECTOR = "pinserve.io/simulated-node=true"
 
-T = TypeVar("T")
 
-
-class ClusterError(RuntimeError):
-    """The control plane could not be started, reached or stopped; the message says why."""
-
-
-def log(message: str) -> None:
-    print(f"[cluster {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("PINSERVE_CACHE", Path.home() / ".cache" / "pinserve"))
-
-
-def default_state_dir() -> Path:
-    return cache_root() / "cluster"
-
-
-# -- binaries ----------------------------------------------------------------------------------------------
-
-
-def read_versions() -> dict[str, str]:
-    versions: dict[str, str] = {}
-    for raw in (TOOLS_DIR / "versions.env").read_text().splitlines():
-        line = raw.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            versions[key.strip()] = value.strip().strip("'\"")
-    return versions
-
-
-def expected_bin_dir() -> Path:
-    """Where tools/testbin.sh links the binaries of the versions pinned in tools/versions.env."""
-    v = read_versions()
-    name = f"current-{v['KUBERNETES_VERSION']}-{v['ETCD_VERSION']}-{v['KWOK_VERSION']}-{v['HELM_VERSION']}"
-    return cache_root() / "bin" / name
-
-
-def missing_binaries(bin_dir: Path, names: Iterable[str] = CLUSTER_BINARIES) -> list[str]:
-    return [n for n in names if not os.access(bin_dir / n, os.X_OK)]
-
-
-def cached_bin_dir() -> Path | None:
-    """The binaries' directory if every cluster binary is there (``$PINSERVE_BIN_DIR`` wins), else None."""
-    env = os.environ.get("PINSERVE_BIN_DIR")
-    candidate = Path(env) if env else expected_bin_dir()
-    return candidate if not missing_binaries(candidate) else None
-
-
-def build_binaries() -> Path:
-    """Run tools/testbin.sh (builds on first use, cached afterwards); returns the bin directory."""
-    log("running tools/testbin.sh (reuses its cache; a cold build takes tens of minutes)")
-    started = time.monotonic()
-    proc = subprocess.run(["bash", str(TOOLS_DIR / "testbin.sh")], stdout=subprocess.PIPE, text=True, check=False)
-    if proc.returncode != 0:
-        raise ClusterError(f"tools/testbin.sh failed with exit code {proc.returncode} (see its output above)")
-    lines = proc.stdout.strip().splitlines()
-    if not lines:
-        raise ClusterError("tools/testbin.sh printed no bin directory")
-    bin_dir = Path(lines[-1])
-    log(f"binaries ready in {time.monotonic() - started:.1f}s: {bin_dir}")
-    return bin_dir
-
-
-def resolve_bin_dir(bin_dir: Path | None = None, *, build: bool = True) -> Path:
-    if bin_dir is None:
-        bin_dir = cached_bin_dir()
-    if bin_dir is None:
-        if not build:
-            raise ClusterError(
-                f"control plane binaries not found in {expected_bin_dir()}; build them with tools/testbin.sh"
-            )
-        bin_dir = build_binaries()
-    missing = missing_binaries(bin_dir)
-    if missing:
-        raise ClusterError(f"{bin_dir} lacks {', '.join(missing)}; rebuild with tools/testbin.sh")
-    return bin_dir
-
-
-# -- processes ---------------------------------------------------------------------------------------------
-
-
-def proc_start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), None if there is no live process.
-
-    Recorded next to every PID so that ``down`` never signals a recycled PID.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):  # zombie or dead: exited
-        return None
-    return int(fields[19])
-
-
-@dataclass
-class ProcessRecord:
-    name: str
-    pid: int
-    start_time: int
-    log: str
-
-    def alive(self) -> bool:
-        return proc_start_time(self.pid) == self.start_time
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"(cannot read {path}: {exc})"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (all held open until every one is chosen)."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def wait_until(
-    what: str,
-    probe: Callable[[], T | None],
-    *,
-    timeout: float,
-    interval: float = 0.2,
-    check: Callable[[], None] | None = None,
-) -> T:
-    """Poll ``probe`` until it returns something other than None; ``check`` raises when waiting is futile."""
-    deadline = time.monotonic() + timeout
-    last_error = ""
-    while True:
-        if check is not None:
-            check()
-        try:
-            result = probe()
-        except Exception as exc:  # a probe failing is the same as "not yet"
-            result = None
-            last_error = f"{type(exc).__name__}: {exc}"
-        if result is not None:
-            return result
-        if time.monotonic() >= deadline:
-            raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}. Last error: {last_error}")
-        time.sleep(interval)
-
-
-# -- kubectl helper ----------------------------------------------------------------------------------------
-
-
-class Kube:
-    """kubectl against one cluster, plus the waits and node helpers the tests need."""
-
-    def __init__(self, kubeconfig: Path, bin_dir: Path) -> None:
-        self.kubeconfig = Path(kubeconfig)
-        self.bin_dir = Path(bin_dir)
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["KUBECONFIG"] = str(self.kubeconfig)
-        env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
-        return env
-
-    def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess[str]:
-        cmd = [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args]
-        proc = subprocess.run(
-            cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False, env=self.env()
-        )
-        if check and proc.returncode != 0:
-            raise ClusterError(
-                f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout}"
-            )
-        return proc
-
-    def get_json(self, *args: str) -> Any:
-        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
-
-    def apply_yaml(self, text: str, *, namespace: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Server-side apply of one or more YAML documents."""
-        args = ["apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-"]
-        if namespace:
-            args[1:1] = ["-n", namespace]
-        return self.kubectl(*args, input=text)
-
-    def apply_objects(self, objects: Sequence[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
-        return self.apply_yaml(yaml.safe_dump_all(list(objects), sort_keys=False))
-
-    def install_crd(self, path: Path, name: str, *, timeout: float = 60) -> None:
-        """Apply a CRD and wait until it is Established (polling: right after the apply there is no status
-        yet, and `kubectl wait` fails on that instead of waiting)."""
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-
-        def established() -> bool | None:
-            proc = self.kubectl("get", "crd", name, "-o",
-                                'jsonpath={.status.conditions[?(@.type=="Established")].status}', check=False)
-            return True if proc.stdout.strip() == "True" else None
-
-        wait_until(f"CRD {name} to be Established", established, timeout=timeout)
-
-    def exists(self, *args: str) -> bool:
-        proc = self.kubectl("get", *args, "--ignore-not-found", "-o", "name", check=False)
-        return proc.returncode == 0 and bool(proc.stdout.strip())
-
-    # nodes
-
-    def add_node(self, node: dict[str, Any], *, wait: bool = True, timeout: float = 60) -> None:
-        """Create a simulated node (see tools/fakenodes.py), or update the metadata of an existing one.
-
-        A Node's status (capacity, allocatable, addresses) is only taken at creation; KWOK keeps it.
-        """
-        name = node["metadata"]["name"]
-        if self.exists("node", name):
-            meta = {"apiVersion": "v1", "kind": "Node", "metadata": node["metadata"]}
-            self.apply_objects([{**meta, "spec": node.get("spec", {})}])
-        else:
-            self.kubectl("create", "-f", "-", input=json.dumps(node))
-        if wait:
-            self.wait_nodes_ready([name], timeout=timeout)
-
-    def remove_node(self, name: str, *, wait: bool = True, timeout: float = 60) -> None:
-        self.kubectl("delete", "node", name, "--ignore-not-found", "--wait=false")
-        if wait:
-            wait_until(
-                f"node {name} to be gone",
-                lambda: True if not self.exists("node", name) else None,
-                timeout=timeout,
-            )
-
-    def wait_nodes_ready(
-        self, names: Iterable[str], *, timeout: float = 60, check: Callable[[], None] | None = None
-    ) -> None:
-        wanted = set(names)
-
-        def probe() -> bool | None:
-            items = self.get_json("nodes")["items"]
-            ready = {n["metadata"]["name"] for n in items if node_ready(n) and not node_blocking_taints(n)}
-            return True if wanted <= ready else None
-
-        wait_until(f"nodes {', '.join(sorted(wanted))} to be Ready", probe, timeout=timeout, check=check)
-
-    def wait_for(self, what: str, probe: Callable[[], T | None], *, timeout: float = 60, interval: float = 0.25) -> T:
-        return wait_until(what, probe, timeout=timeout, interval=interval)
-
-
-class IntegrationCluster(Kube):
-    """What the integration tier's ``cluster`` fixture yields: kubectl plus simulated-node helpers."""
-
-    def __init__(self, kubeconfig: Path, bin_dir: Path, local: LocalCluster | None = None) -> None:
-        super().__init__(kubeconfig, bin_dir)
-        #: The cluster this session started or reused; None for a cluster given by PINSERVE_KUBECONFIG.
-        self.local = local
-
-    def add_fake_node(
-        self, name: str, snapshot: str, *, wait: bool = True, timeout: float = 60, **options: Any
-    ) -> dict[str, Any]:
-        """Create a simulated node from hwloc snapshot ``snapshot`` and (by default) wait until it is Ready.
-
-        ``options`` go to ``fakenodes.make_fake_node``: ``topology=False`` for a node without the agent's
-        labels and annotation, ``labels=``, ``annotations=``, ``taints=``, ``cpu_manager_policy=``, ...
-        """
-        import fakenodes  # noqa: PLC0415  (imports pinserve.topology)
-
-        node = fakenodes.make_fake_node(name, snapshot, **options)
-        self.add_node(node, wait=wait, timeout=timeout)
-        return node
-
-
-def node_ready(node: dict[str, Any]) -> bool:
-    for cond in node.get("status", {}).get("conditions", []) or []:
-        if cond.get("type") == "Ready":
-            return bool(cond.get("status") == "True")
-    return False
-
-
-def node_blocking_taints(node: dict[str, Any]) -> list[str]:
-    """Taints the node lifecycle controller puts on nodes that are not (yet) healthy."""
-    return [
-        t["key"]
-        for t in node.get("spec", {}).get("taints", []) or []
-        if t.get("key", "").startswith("node.kubernetes.io/")
-    ]
-
-
-# -- certificates and keys ---------------------------------------------------------------------------------
-
-
-def generate_rsa_key_pair(private_path: Path, public_path: Path) -> None:
-    """The service-account signing key pair (PEM); the `cryptography` package if present, else openssl."""
-    try:
-        from cryptography.hazmat.primitives import (  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-            serialization,
-        )
-        from cryptography.hazmat.primitives.asymmetric import (  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-            rsa,
-        )
-    except ImportError:
-        openssl = shutil.which("openssl")
-        if openssl is None:
-            raise ClusterError(
-                "need openssl or the Python `cryptography` package to make the service-account key"
-            ) from None
-        subprocess.run([openssl, "genrsa", "-out", str(private_path), "2048"], check=True, capture_output=True)
-        subprocess.run(
-            [openssl, "rsa", "-in", str(private_path), "-pubout", "-out", str(public_path)],
-            check=True,
-            capture_output=True,
-        )
-    else:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        private_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.TraditionalOpenSSL,
-                serialization.NoEncryption(),
-            )
-        )
-        public_path.write_bytes(
-            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        )
-    private_path.chmod(0o600)
-
-
-def last_pem_certificate(bundle: str) -> str:
-    """The last certificate of a PEM bundle: the CA that kube-apiserver appends to its self-signed cert."""
-    marker = "-----BEGIN CERTIFICATE-----"
-    parts = [marker + p for p in bundle.split(marker)[1:]]
-    if not parts:
-        raise ClusterError("the API server's certificate file holds no PEM certificate")
-    return parts[-1].strip() + "\n"
-
-
-def write_kubeconfig(path: Path, *, server: str, ca_pem: str, user: str, token: str) -> None:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "pinserve-local",
-                "cluster": {
-                    "server": server,
-                    "certificate-authority-data": base64.b64encode(ca_pem.encode()).decode(),
-                },
-            }
-        ],
-        "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": "pinserve-local", "context": {"cluster": "pinserve-local", "user": user}}],
-        "current-context": "pinserve-local",
-    }
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    path.chmod(0o600)
-
-
-# -- the cluster -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ClusterState:
-    """What ``state.json`` in the state directory records."""
-
-    bin_dir: str
-    ports: dict[str, int]
-    processes: list[ProcessRecord] = field(default_factory=list)
-    admin_token: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "bin_dir": self.bin_dir,
-                "ports": self.ports,
-                "admin_token": self.admin_token,
-                "processes": [vars(p) for p in self.processes],
-            },
-            indent=2,
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> ClusterState:
-        data = json.loads(text)
-        return cls(
-            bin_dir=data["bin_dir"],
-            ports={k: int(v) for k, v in data["ports"].items()},
-            admin_token=data.get("admin_token", ""),
-            processes=[ProcessRecord(**p) for p in data.get("processes", [])],
-        )
-
-
-class LocalCluster:
-    """One control plane living in ``state_dir``."""
-
-    def __init__(self, state_dir: Path | None = None, bin_dir: Path | None = None) -> None:
-        self.state_dir = Path(state_dir or default_state_dir()).expanduser().resolve()
-        self._bin_dir = bin_dir
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
-        self.timings: dict[str, float] = {}
-        #: True when the last ``up`` reused a cluster that was already running.
-        self.reused = False
-
-    # paths
-    @property
-    def kubeconfig(self) -> Path:
-        return self.state_dir / "kubeconfig"
-
-    @property
-    def state_file(self) -> Path:
-        return self.state_dir / "state.json"
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.state_dir / "logs"
-
-    @property
-    def pki_dir(self) -> Path:
-        return self.state_dir / "pki"
-
-    @property
-    def etcd_dir(self) -> Path:
-        return self.state_dir / "etcd"
-
-    @property
-    def bin_dir(self) -> Path:
-        state = self.load_state()
-        if state is not None:
-            return Path(state.bin_dir)
-        return resolve_bin_dir(self._bin_dir, build=False)
-
-    def kube(self) -> Kube:
-        return Kube(self.kubeconfig, self.bin_dir)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def load_state(self) -> ClusterState | None:
-        try:
-            return ClusterState.from_json(self.state_file.read_text())
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def _save_state(self, state: ClusterState) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(state.to_json())
-        tmp.chmod(0o600)
-        tmp.replace(self.state_file)
-        (self.state_dir / "pids").write_text("".join(f"{p.name} {p.pid}\n" for p in state.processes))
-
-    def env_text(self, bin_dir: Path | None = None) -> str:
-        bin_dir = bin_dir or self.bin_dir
-        return f"export KUBECONFIG={self.kubeconfig}\nexport PATH={bin_dir}:$PATH\n"
-
-    # health
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        ca = self.pki_dir / "ca.crt"
-        if ca.is_file():
-            return ssl.create_default_context(cafile=str(ca))
-        bundle = self.pki_dir / "apiserver" / "apiserver.crt"
-        return ssl.create_default_context(cafile=str(bundle))
-
-    def _apiserver_get(self, state: ClusterState, path: str, timeout: float = 5) -> tuple[int, str]:
-        url = f"https://127.0.0.1:{state.ports['apiserver']}{path}"
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {state.admin_token}"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout, context=self._ssl_context()) as resp:
-                return int(resp.status), resp.read().decode(errors="replace")
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read().decode(errors="replace")
-
-    def healthy(self) -> bool:
-        """Every recorded process alive (same PID and start time) and /readyz answering ok."""
-        state = self.load_state()
-        if state is None or {p.name for p in state.processes} != set(COMPONENTS):
-            return False
-        if not all(p.alive() for p in state.processes):
-            return False
-        try:
-            status, _ = self._apiserver_get(state, "/readyz")
-        except (OSError, ssl.SSLError):
-            return False
-        return status == 200
-
-    # up
+class LocalCluster(StateDir):
+    """One control plane living in ``state_dir``: ``up`` starts (or reuses) it, ``down`` stops it."""
 
     def up(
         self,
@@ -613,53 +138,6 @@ class LocalCluster:
                 )
             )
             return kube
-
-    def _spawn(
-        self,
-        state: ClusterState,
-        name: str,
-        args: list[str],
-        *,
-        env: dict[str, str] | None = None,
-    ) -> ProcessRecord:
-        binary = Path(state.bin_dir) / name
-        log_path = self.logs_dir / f"{name}.log"
-        with open(log_path, "wb") as out:
-            out.write(f"# {binary} {' '.join(args)}\n".encode())
-            out.flush()
-            proc = subprocess.Popen(
-                [str(binary), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.state_dir,
-                env={**os.environ, **(env or {})},
-                start_new_session=True,  # survives the `up` CLI; Ctrl-C in a terminal does not reach it
-            )
-        start = proc_start_time(proc.pid)
-        record = ProcessRecord(name=name, pid=proc.pid, start_time=start or 0, log=str(log_path))
-        self._children[proc.pid] = proc
-        state.processes.append(record)
-        self._save_state(state)  # recorded at once, so `down` can stop a half-started cluster
-        return record
-
-    def _check_alive(self, state: ClusterState) -> Callable[[], None]:
-        def check() -> None:
-            for p in state.processes:
-                child = self._children.get(p.pid)
-                code = child.poll() if child is not None else None
-                if (child is not None and code is not None) or not p.alive():
-                    raise ClusterError(
-                        f"{p.name} (pid {p.pid}) exited"
-                        + (f" with code {code}" if code is not None else "")
-                        + f"; last lines of {p.log}:\n{tail(Path(p.log))}"
-                    )
-
-        return check
-
-    def _timed(self, key: str, started: float) -> None:
-        self.timings[key] = time.monotonic() - started
-        log(f"{key} ready in {self.timings[key]:.1f}s")
 
     def _start(self, bin_dir: Path, *, timeout: float) -> ClusterState:
         for sub in ("etcd", "pki", "kwok", "kubeconfigs"):
@@ -868,7 +346,7 @@ class LocalCluster:
         timeout: float,
     ) -> None:
         if nodes is None:
-            import fakenodes  # noqa: PLC0415  (imports pinserve.topology; only needed here)
+            from tools import fakenodes  # noqa: PLC0415  (imports pinserve.topology; only needed here)
 
             nodes = fakenodes.default_nodes()
         check = self._check_alive(state)
@@ -904,64 +382,13 @@ class LocalCluster:
         with self._locked():
             self._stop()
 
-    def _stop(self, grace: float = 10) -> None:
-        state = self.load_state()
-        if state is not None:
-            running = [p for p in reversed(state.processes) if p.alive()]
-            for p in running:
-                log(f"stopping {p.name} (pid {p.pid})")
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            for p in running:
-                child = self._children.get(p.pid)
-                while p.alive() and time.monotonic() < deadline:
-                    if child is not None:
-                        with contextlib.suppress(subprocess.TimeoutExpired):
-                            child.wait(timeout=0.1)
-                    else:
-                        time.sleep(0.1)
-                if p.alive():
-                    log(f"{p.name} (pid {p.pid}) ignored SIGTERM for {grace:.0f}s; sending SIGKILL")
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(p.pid, signal.SIGKILL)
-                if child is not None:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        child.wait(timeout=5)
-                    self._children.pop(p.pid, None)
-        for sub in ("etcd", "pki", "kwok", "kubeconfigs"):
-            shutil.rmtree(self.state_dir / sub, ignore_errors=True)
-        for name in ("state.json", "pids", "kubeconfig", "env"):
-            (self.state_dir / name).unlink(missing_ok=True)
-
-    # status
-
-    def status(self) -> dict[str, Any]:
-        state = self.load_state()
-        if state is None:
-            return {"stateDir": str(self.state_dir), "running": False, "components": {}}
-        components = {p.name: {"pid": p.pid, "alive": p.alive(), "log": p.log} for p in state.processes}
-        result: dict[str, Any] = {
-            "stateDir": str(self.state_dir),
-            "kubeconfig": str(self.kubeconfig),
-            "binDir": state.bin_dir,
-            "ports": state.ports,
-            "components": components,
-            "healthy": self.healthy(),
-        }
-        if result["healthy"]:
-            nodes = Kube(self.kubeconfig, Path(state.bin_dir)).get_json("nodes")["items"]
-            result["nodes"] = {n["metadata"]["name"]: node_ready(n) for n in nodes}
-        result["running"] = any(c["alive"] for c in components.values())
-        return result
-
 
 # -- CLI ---------------------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="cluster.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m tools.cluster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("up", "down", "status", "env"):
@@ -977,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             cluster.up(build=not args.no_build, timeout=args.timeout)
             print(
-                f'# cluster ready; use it with:\n#   eval "$(python {TOOLS_DIR / "cluster.py"} env'
+                f'# cluster ready; use it with:\n#   eval "$(cd {REPO_ROOT} && python -m tools.cluster env'
                 + (f" --state-dir {cluster.state_dir}" if args.state_dir else "")
                 + ')"'
             )
@@ -991,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if status.get("healthy") else 1
         elif args.command == "env":
             if cluster.load_state() is None:
-                raise ClusterError(f"no cluster in {cluster.state_dir}; run `tools/cluster.py up` first")
+                raise ClusterError(f"no cluster in {cluster.state_dir}; run `python -m tools.cluster up` first")
             print(cluster.env_text(), end="")
     except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)

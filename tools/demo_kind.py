@@ -1,7 +1,7 @@
 """The real thing on a laptop: kind with the static CPU manager, pinserve from its Helm chart,
 a small real SavedModel served by tensorflow/serving:mkl, and the benchmark in status.
 
-Usage: python tools/demo_kind.py up|down      (needs Docker; `make demo` picks this when it can)
+Usage: python -m tools.demo_kind up|down      (needs Docker; `make demo` picks this when it can)
 tests/e2e drives the same functions.
 """
 

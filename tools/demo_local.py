@@ -1,6 +1,6 @@
 """`make demo` without Docker: the local simulated control plane, the operator, the examples.
 
-Usage: python tools/demo_local.py up|down
+Usage: python -m tools.demo_local up|down   (from the repository root)
 The operator runs as a background process (its PID and log under the cluster's state dir);
 `down` stops exactly that process and the control plane tools/cluster.py started.
 """
@@ -14,10 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tools"))
+from tools import cluster as cluster_tools
 
-import cluster as cluster_tools  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 NAMESPACE = "demo"
 

@@ -114,7 +114,7 @@ class NodeSpec:
     taints: list[dict[str, str]] = field(default_factory=list)
 
 
-#: The nodes `tools/cluster.py up` creates. There is no 1-socket non-SMT machine among the snapshots;
+#: The nodes `python -m tools.cluster up` creates. There is no 1-socket non-SMT machine among the snapshots;
 #: 8em64t-2s2ca2c (2 sockets, 8 cores, no SMT, one NUMA node) is the closest.
 DEFAULT_NODES: tuple[NodeSpec, ...] = (
     NodeSpec("kwok-intel-2s-smt", "32intel64-2p8co2t+8ve", instance_type="xeon-silver-4108-2s"),

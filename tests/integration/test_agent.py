@@ -25,8 +25,6 @@ from typing import Any
 import pytest
 import yaml
 
-import cluster as cluster_tools
-import fakenodes
 from pinserve.agent.loop import AgentConfig, NodeAgent, load_topology, write_count
 from pinserve.agent.publisher import ANNOTATION_CPU_MANAGER
 from pinserve.kube import Credentials, KubeApi
@@ -34,6 +32,8 @@ from pinserve.pinning import ANNOTATION_CPUS, ANNOTATION_CPUS_SOURCE
 from pinserve.topology.cpuset import format_cpulist, parse_cpulist
 from pinserve.topology.model import Topology
 from pinserve.topology.publish import ANNOTATION_CPU_TOPOLOGY
+from tools import cluster as cluster_tools
+from tools import fakenodes
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,6 @@ from typing import Any
 
 import pytest
 
-import cluster as cluster_tools
-import fakenodes
 from pinserve.topology.model import Topology
 from pinserve.topology.publish import (
     ANNOTATION_CPU_TOPOLOGY,
@@ -22,6 +20,8 @@ from pinserve.topology.publish import (
     LABEL_TOPOLOGY_SOURCE,
     TOPOLOGY_LABELS,
 )
+from tools import cluster as cluster_tools
+from tools import fakenodes
 
 pytestmark = pytest.mark.integration
 
