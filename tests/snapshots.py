@@ -1,10 +1,9 @@
-"""The hwloc sysfs snapshots (``shared/reference/hwloc-sysfs`` beside the repository) as test data.
+"""The hwloc sysfs snapshots (``tests/data/hwloc-sysfs``, from hwloc's test suite) as test data.
 
 ``SNAPSHOT_NAMES`` lists them; ``snapshot_root(name)`` unpacks one (once per session) and returns the
 directory holding its ``sys/`` and ``proc/``; ``console_path(name)`` is hwloc's own reading of it and
 ``parse_console`` turns that reading into packages, cores, NUMA nodes and offline CPUs.
-A missing snapshot directory is a failure, never a skip: CI clones ``shared/`` beside the repository,
-and set ``PINSERVE_SNAPSHOTS`` to point elsewhere.
+A missing snapshot directory is a failure, never a skip. Set ``PINSERVE_SNAPSHOTS`` to read another directory.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import pytest
 __all__ = ["SNAPSHOT_DIR", "SNAPSHOT_NAMES", "HwlocReading", "console_path", "parse_console", "snapshot_root"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SNAPSHOT_DIR = Path(os.environ.get("PINSERVE_SNAPSHOTS") or REPO_ROOT.parent / "shared" / "reference" / "hwloc-sysfs")
+SNAPSHOT_DIR = Path(os.environ.get("PINSERVE_SNAPSHOTS") or REPO_ROOT / "tests" / "data" / "hwloc-sysfs")
 _SUFFIX = ".tar.bz2"
 
 
@@ -34,8 +33,8 @@ def _discover() -> tuple[str, ...]:
         # pytest.fail at import time turns into a collection error that names the cause, where an empty
         # parametrize list would silently skip every snapshot test.
         pytest.fail(
-            f"no hwloc sysfs snapshots (*{_SUFFIX}) in {SNAPSHOT_DIR}: clone the shared/ reference "
-            "material beside the repository or set PINSERVE_SNAPSHOTS",
+            f"no hwloc sysfs snapshots (*{_SUFFIX}) in {SNAPSHOT_DIR}: they ship in tests/data/hwloc-sysfs; "
+            "is PINSERVE_SNAPSHOTS pointing elsewhere?",
             pytrace=False,
         )
     return names

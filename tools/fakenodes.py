@@ -5,7 +5,7 @@ and allocatable from the machine (logical CPUs, MemTotal), the usual well-known 
 labels/annotation that :func:`pinserve.topology.publish.node_topology_metadata` builds, i.e. exactly what the
 agent publishes. The annotation ``kwok.x-k8s.io/node: fake`` hands the node to KWOK, which plays its kubelet.
 
-The snapshots are hwloc's test data in ``<repo>/../shared/reference/hwloc-sysfs`` (override with
+The snapshots are hwloc's test data in ``<repo>/tests/data/hwloc-sysfs`` (override with
 ``PINSERVE_HWLOC_SNAPSHOTS``); each ``NAME.tar.bz2`` is unpacked once into the cache.
 """
 
@@ -36,7 +36,7 @@ def snapshot_dir() -> Path:
     env = os.environ.get("PINSERVE_HWLOC_SNAPSHOTS")
     if env:
         return Path(env)
-    return REPO_ROOT.parent / "shared" / "reference" / "hwloc-sysfs"
+    return REPO_ROOT / "tests" / "data" / "hwloc-sysfs"
 
 
 def cache_dir() -> Path:

@@ -23,11 +23,11 @@ from typing import Any, Protocol
 import pytest
 
 from pinserve.render.script import render_start_script
+from snapshots import SNAPSHOT_DIR
 
 pytestmark = pytest.mark.unit
 
-REPO = Path(__file__).resolve().parents[2]
-HWLOC_DIR = REPO.parent / "shared" / "reference" / "hwloc-sysfs"
+HWLOC_DIR = SNAPSHOT_DIR  # tests/data/hwloc-sysfs unless PINSERVE_SNAPSHOTS says otherwise
 THREAD_VARS = (
     "OMP_NUM_THREADS",
     "TENSORFLOW_INTRA_OP_PARALLELISM",
