@@ -56,7 +56,7 @@ from tools.kubeutil import (
     tail,
     wait_until,
 )
-from tools.pki import generate_rsa_key_pair, last_pem_certificate, write_kubeconfig
+from tools.pki import generate_rsa_key_pair, last_pem_certificate, make_kubelet_client_pki, write_kubeconfig
 from tools.statedir import ClusterState, StateDir, default_state_dir
 
 __all__ = [
@@ -69,6 +69,8 @@ __all__ = [
 ]
 
 KWOK_CONFIG_DIR = TOOLS_DIR / "kwok"
+#: The real node registers under this name (tools/node/config.py): a loopback node IP is refused otherwise.
+REAL_NODE_NAME = "127.0.0.1"
 SERVICE_CIDR = "10.96.0.0/16"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 #: What the controller manager runs: enough for Deployments, Jobs, DaemonSets, StatefulSets, Services,
@@ -153,7 +155,7 @@ class LocalCluster(StateDir):
         names = ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler")
         ports = dict(zip(names, free_ports(len(names)), strict=True))
         state = ClusterState(bin_dir=str(bin_dir), ports=ports)
-        tokens = {user: secrets.token_urlsafe(32) for user in ("admin", "kcm", "scheduler", "kwok")}
+        tokens = {user: secrets.token_urlsafe(32) for user in ("admin", "kcm", "scheduler", "kwok", "node")}
         state.admin_token = tokens["admin"]
         self._save_state(state)
         check = self._check_alive(state)
@@ -177,7 +179,10 @@ class LocalCluster(StateDir):
             f"{tokens['kcm']},system:kube-controller-manager,system:kube-controller-manager\n"
             f"{tokens['scheduler']},system:kube-scheduler,system:kube-scheduler\n"
             f'{tokens["kwok"]},kwok-controller,kwok-controller,"system:masters"\n'
+            # The real node's kubelet (tools/node): a node identity, so the Node authorizer applies.
+            f'{tokens["node"]},system:node:{REAL_NODE_NAME},system:node:{REAL_NODE_NAME},"system:nodes"\n'
         )
+        _, kubelet_client_crt, kubelet_client_key = make_kubelet_client_pki(pki)
         token_file.chmod(0o600)
         self._timed("keys", started)
 
@@ -231,6 +236,10 @@ class LocalCluster(StateDir):
                 # The advertise address is loopback, which an Endpoints object may not hold.
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
+                # logs/exec through the real node's kubelet (tools/node), which listens on 127.0.0.1.
+                f"--kubelet-client-certificate={kubelet_client_crt}",
+                f"--kubelet-client-key={kubelet_client_key}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--profiling=false",
                 "--v=1",
             ],

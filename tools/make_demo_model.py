@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 
 
-def build(out: Path) -> Path:
+def build_dir(model_dir: Path) -> Path:
+    """Save the SavedModel into ``model_dir`` (saved_model.pb and variables/)."""
     import tensorflow as tf  # noqa: PLC0415  (heavy; only this tool needs it)
 
     class HalfPlusTwo(tf.Module):
@@ -26,10 +27,15 @@ def build(out: Path) -> Path:
         def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
             return {"y": self.a * x + self.b}
 
+    module = HalfPlusTwo()
+    tf.saved_model.save(module, str(model_dir), signatures={"serving_default": module.serve})
+    return model_dir
+
+
+def build(out: Path) -> Path:
+    """The SavedModel as a tar.gz holding half_plus_two/saved_model/."""
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(tmp) / "half_plus_two" / "saved_model"
-        module = HalfPlusTwo()
-        tf.saved_model.save(module, str(model_dir), signatures={"serving_default": module.serve})
+        build_dir(Path(tmp) / "half_plus_two" / "saved_model")
         with tarfile.open(out, "w:gz") as tar:
             tar.add(Path(tmp) / "half_plus_two", arcname="half_plus_two")
     return out

@@ -76,3 +76,30 @@ def write_kubeconfig(path: Path, *, server: str, ca_pem: str, user: str, token: 
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o600)
+
+
+def make_kubelet_client_pki(pki_dir: Path) -> tuple[Path, Path, Path]:
+    """A CA the real node's kubelet trusts, and the API server's client certificate signed by it.
+
+    The kubelet (tools/node) accepts only this CA's certificates on its loopback port, which is how
+    `kubectl logs/exec` reach it. Returns (ca.crt, client.crt, client.key). ECDSA P-256: instant.
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise ClusterError("need openssl to make the kubelet client certificate")
+    ca_key, ca_crt = pki_dir / "kubelet-ca.key", pki_dir / "kubelet-ca.crt"
+    key, csr, crt = (pki_dir / f"apiserver-kubelet-client.{ext}" for ext in ("key", "csr", "crt"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True)
+
+    run("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca_crt), "-days", "3650",
+        "-subj", "/CN=pinserve-kubelet-client-ca")
+    run("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj",
+        "/O=system:masters/CN=kube-apiserver-kubelet-client")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-out", str(crt), "-days", "3650")
+    for private in (ca_key, key):
+        private.chmod(0o600)
+    return ca_crt, crt, key

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds (or reuses) the binaries of the integration tier from the Go module proxy:
-#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (k8s.io/kubernetes)
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet  (k8s.io/kubernetes)
 #   etcd                                                              (go.etcd.io/etcd/server/v3)
 #   kwok                                                              (sigs.k8s.io/kwok)
 #   helm                                                              (helm.sh/helm/v3)
@@ -44,7 +44,7 @@ k8s_minor_tag() { # v1.34.4 -> v0.34.4 (the tag of the staging modules)
 
 build_kubernetes() {
   local ver=$KUBERNETES_VERSION dir="$bin_root/kubernetes-$KUBERNETES_VERSION"
-  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
   local missing=0 b
   for b in "${want[@]}"; do [ -x "$dir/$b" ] || missing=1; done
   if [ $missing = 0 ]; then log "kubernetes $ver: cached in $dir"; link_all "$dir"; return; fi
@@ -78,6 +78,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
     log "kubernetes $ver: resolving modules"

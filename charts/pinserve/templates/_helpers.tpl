@@ -80,3 +80,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- toYaml $res -}}
 {{- end -}}
+
+{{/* KUBERNETES_SERVICE_HOST/PORT when apiServer.host is set: the API server without its Service. */}}
+{{- define "pinserve.apiServerEnv" -}}
+{{- if .Values.apiServer.host -}}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ .Values.apiServer.host | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ default "443" .Values.apiServer.port | toString | quote }}
+{{- end -}}
+{{- end -}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,6 +18,24 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+BENCH_TARGETS = ("service", "pod")
+_CPU = re.compile(r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$")
+
+
+def _cpu(env: Mapping[str, str], name: str) -> str:
+    raw = env.get(name, "").strip()
+    if raw and not _CPU.match(raw):
+        raise ValueError(f"environment variable {name}={raw!r} is not a CPU quantity such as 500m or 2")
+    return raw
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = env.get(name, "").strip() or default
+    if raw not in choices:
+        raise ValueError(f"environment variable {name}={raw!r} must be one of {', '.join(choices)}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -35,6 +54,11 @@ class Settings:
     # The model-fetch init container: whole CPUs too, or the pod is not Guaranteed.
     fetch_cpu: int = 1
     fetch_memory: str = "512Mi"
+    # The benchmark client's CPU (requests == limits); empty means whole CPUs, spec.benchmark.physicalCores.
+    bench_cpu: str = ""
+    # "service": the ModelServer's Service by DNS name; "pod": a ready server pod of the current revision
+    # by IP, for clusters without cluster DNS or kube-proxy (the local real node).
+    bench_target: str = "service"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -54,4 +78,6 @@ class Settings:
             ),
             fetch_cpu=_int(env, "PINSERVE_FETCH_CPU", default.fetch_cpu),
             fetch_memory=env.get("PINSERVE_FETCH_MEMORY") or default.fetch_memory,
+            bench_cpu=_cpu(env, "PINSERVE_BENCH_CPU"),
+            bench_target=_choice(env, "PINSERVE_BENCH_TARGET", BENCH_TARGETS, default.bench_target),
         )

@@ -14,11 +14,15 @@ TERMINATION_LOG = "/dev/termination-log"
 BENCH_MEMORY = "1Gi"
 
 
-def bench_args(ms: ModelServer) -> list[str]:
+def bench_args(ms: ModelServer, target_host: str | None = None) -> list[str]:
+    """The client's arguments; ``target_host`` (a server pod's IP) replaces the Service's DNS name."""
     bench = ms.spec.benchmark
     port = GRPC_PORT if bench.protocol == "grpc" else REST_PORT
+    host = target_host or f"{ms.ref.name}.{ms.ref.namespace}.svc"
+    if ":" in host:  # an IPv6 pod IP
+        host = f"[{host}]"
     args = [
-        "--target", f"{ms.ref.name}.{ms.ref.namespace}.svc:{port}",
+        "--target", f"{host}:{port}",
         "--protocol", bench.protocol,
         "--model", ms.model_name,
         "--signature", bench.signature,
@@ -48,7 +52,16 @@ def _affinity(ms: ModelServer) -> dict[str, Any] | None:
     return {key: {"requiredDuringSchedulingIgnoredDuringExecution": term}}
 
 
-def render_bench_job(ms: ModelServer, settings: Settings, job_name: str, run_key: str) -> dict[str, Any]:
+def bench_resources(ms: ModelServer, settings: Settings) -> dict[str, dict[str, str]]:
+    """Whole CPUs (pinned like the server) unless the operator is set to a fixed client CPU."""
+    if settings.bench_cpu:
+        amount = {"cpu": settings.bench_cpu, "memory": BENCH_MEMORY}
+        return {"requests": dict(amount), "limits": dict(amount)}
+    return guaranteed(ms.spec.benchmark.physical_cores, BENCH_MEMORY)
+
+
+def render_bench_job(ms: ModelServer, settings: Settings, job_name: str, run_key: str,
+                     target_host: str | None = None) -> dict[str, Any]:
     bench = ms.spec.benchmark
     pod_labels = {**labels(ms, "benchmark"), LABEL_RUN_KEY: run_key}
     # Warm-up and latency requests are bounded by the client's deadline; leave ample slack.
@@ -60,8 +73,8 @@ def render_bench_job(ms: ModelServer, settings: Settings, job_name: str, run_key
             "name": "bench",
             "image": settings.bench_image,
             "command": ["pinserve", "bench"],
-            "args": bench_args(ms),
-            "resources": guaranteed(bench.physical_cores, BENCH_MEMORY),
+            "args": bench_args(ms, target_host),
+            "resources": bench_resources(ms, settings),
             "terminationMessagePath": TERMINATION_LOG,
             "terminationMessagePolicy": "File",
             "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
