@@ -12,7 +12,7 @@ from pinserve.api import parse_modelserver
 from pinserve.planning import NodeInfo, plan
 from pinserve.render import render_children
 from pinserve.settings import Settings
-from pinserve.topology.model import Topology
+from pinserve.topology.model import ANNOTATION_KEY, Topology
 from pinserve.topology.sysfs import read_topology
 
 # Room for anything: render must show what a spec asks for, not what this laptop holds.
@@ -21,13 +21,28 @@ _UNBOUNDED_MEMORY = 1 << 60
 
 
 def load_topology(source: str) -> Topology:
-    """A pinserve.io/cpu-topology JSON file (as the agent publishes it) or a sysfs root."""
+    """A sysfs root, or a JSON file that :func:`topology_from_json` reads."""
     path = Path(source)
     if path.is_dir():
         return read_topology(path)
-    data = json.loads(path.read_text())
+    return topology_from_json(path.read_text(), source)
+
+
+def topology_from_json(text: str, where: str) -> Topology:
+    """The CPU topology in one of three JSON documents: the ``pinserve.io/cpu-topology`` annotation's value
+    (as the agent publishes it), a whole Node object carrying that annotation (``kubectl get node -o json``),
+    or the report of ``pinserve topology --json`` (its ``cpuTopology``). ValueError names ``where``."""
+    data = json.loads(text)
     if isinstance(data, Mapping) and "metadata" in data:  # a whole Node object
-        data = json.loads(data["metadata"]["annotations"]["pinserve.io/cpu-topology"])
+        annotations = (data.get("metadata") or {}).get("annotations") or {}
+        if ANNOTATION_KEY not in annotations:
+            raise ValueError(f"{where}: the Node has no {ANNOTATION_KEY} annotation (is the agent running there?)")
+        data = json.loads(annotations[ANNOTATION_KEY])
+    elif isinstance(data, Mapping) and "cpuTopology" in data:  # `pinserve topology --json`
+        data = data["cpuTopology"]
+    elif isinstance(data, Mapping) and "v" not in data:
+        raise ValueError(f"{where}: not a CPU topology: expected the {ANNOTATION_KEY} annotation's JSON, a Node "
+                         "carrying it, or the output of `pinserve topology --json`")
     return Topology.from_dict(data)
 
 
@@ -41,10 +56,13 @@ def offline_node(topology: Topology | None) -> NodeInfo:
 
 
 def render_documents(
-    docs: Sequence[Mapping[str, Any]], topology_source: str | None, settings: Settings | None = None
+    docs: Sequence[Mapping[str, Any]], topology_source: str | Topology | None, settings: Settings | None = None
 ) -> tuple[list[dict[str, Any]], list[str]]:
+    """``topology_source``: a Topology, what :func:`load_topology` reads, or None for a node of unknown topology."""
     settings = settings or Settings.from_env()
-    node = offline_node(load_topology(topology_source) if topology_source else None)
+    if isinstance(topology_source, str):
+        topology_source = load_topology(topology_source) if topology_source else None
+    node = offline_node(topology_source)
     objects: list[dict[str, Any]] = []
     notes: list[str] = []
     for doc in docs:

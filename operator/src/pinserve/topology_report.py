@@ -14,6 +14,11 @@ from pinserve.topology.sysfs import read_topology
 
 
 def machine_report(root: str) -> dict[str, Any]:
+    """The report ``pinserve topology --json`` prints.
+
+    Its ``cpuTopology`` is the versioned document the agent publishes as the node annotation
+    ``pinserve.io/cpu-topology``, so ``pinserve render --topology`` reads the report as it is.
+    """
     topo = read_topology(root)
     report = topo.report()
     cores = topo.physical_cores
@@ -28,6 +33,7 @@ def machine_report(root: str) -> dict[str, Any]:
         # One replica per NUMA node keeps memory local (the 3D U-Net guide's numactl advice).
         "perNumaNode": {str(node): n for node, n in sorted(topo.cores_per_numa().items())},
     }
+    report["cpuTopology"] = topo.to_dict()
     return report
 
 
