@@ -102,7 +102,7 @@ class LocalNode:
         return bool(procs) and all(p.alive() for p in procs)
 
     def kube(self) -> Kube:
-        return self.cluster.kube
+        return self.cluster.kube()
 
     # -- up -----------------------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ class RealNodeStack:
 
     @property
     def kube(self) -> Kube:
-        return self.cluster.kube
+        return self.cluster.kube()
 
     def kubectl(self, *args: str, check: bool = True, timeout: float = 120) -> str:
         return self.kube.kubectl(*args, check=check, timeout=timeout).stdout
