@@ -20,6 +20,7 @@ a warm run rebuilds nothing and a changed file rebuilds exactly what depends on 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -98,6 +99,20 @@ class Buildah:
         tmp.unlink(missing_ok=True)
         self("push", "--quiet", ref, f"docker-archive:{tmp}:{ref}")
         tmp.rename(archive)
+        self.prune(ref, archive)
+
+    def prune(self, ref: str, archive: Path) -> None:
+        """Drop older builds of the same image (archives and buildah images): the cache keeps one each."""
+        repository = ref.rsplit(":", 1)[0]
+        stem = archive.name.rsplit("-", 1)[0]
+        for old in archive.parent.glob(f"{stem}-*.tar"):
+            if old != archive and old.name.rsplit("-", 1)[0] == stem:
+                old.unlink(missing_ok=True)
+        listing = self("images", "--noheading", "--format", "{{.Name}}:{{.Tag}}")
+        for line in listing.split():
+            if line.rsplit(":", 1)[0] == repository and line != ref:
+                with contextlib.suppress(ClusterError):
+                    self("rmi", line)
 
 
 def _apt_mirror() -> str:

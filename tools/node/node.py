@@ -190,6 +190,11 @@ class LocalNode:
 
     def _import_images(self) -> None:
         present = set(self.ctr("images", "ls", "-q").split())
+        current = {image.ref for image in self.images.values()}
+        repositories = {ref.rsplit(":", 1)[0] for ref in current}
+        for ref in present - current:  # older builds of our images: the node keeps one of each
+            if ref.rsplit(":", 1)[0] in repositories:
+                self.ctr("images", "rm", ref, check=False)
         for image in self.images.values():
             if image.ref in present:
                 continue
