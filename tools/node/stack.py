@@ -103,6 +103,8 @@ class RealNodeStack:
         source.pop("uri", None)
         source["image"] = model.ref
         source["path"] = "/model"
+        # The stand-in is a Python process with TensorFlow loaded (~400 MB), unlike TF Serving's binary.
+        ms["spec"]["resources"]["memory"] = "1Gi"
         return ms
 
     def apply(self, obj: dict[str, Any], namespace: str = DEMO_NAMESPACE) -> None:
