@@ -41,7 +41,7 @@ class Backend(Protocol):
     name: str
     namespace: str
 
-    def kubectl(self, *args: str, check: bool = True) -> str: ...
+    def kubectl(self, *args: str, check: bool = True, input_text: str | None = None) -> str: ...
 
 
 @dataclass
@@ -50,8 +50,8 @@ class KindBackend:
     namespace: str = "default"
     module: Any = None
 
-    def kubectl(self, *args: str, check: bool = True) -> str:
-        out: str = self.module.kubectl(*args, check=check)
+    def kubectl(self, *args: str, check: bool = True, input_text: str | None = None) -> str:
+        out: str = self.module.kubectl(*args, check=check, input_text=input_text)
         return out
 
 
@@ -63,8 +63,8 @@ class RealNodeBackend:
     started_here: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def kubectl(self, *args: str, check: bool = True) -> str:
-        out: str = self.stack.kubectl(*args, check=check)
+    def kubectl(self, *args: str, check: bool = True, input_text: str | None = None) -> str:
+        out: str = self.stack.kubectl(*args, check=check, input_text=input_text)
         return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from pinserve.topology.sysfs import read_topology
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
+REPO = Path(__file__).resolve().parents[2]
 CGROUP_CPUSET = ("cat /sys/fs/cgroup/cpuset/cpuset.cpus 2>/dev/null || cat /sys/fs/cgroup/cpuset.cpus.effective")
 
 
@@ -139,3 +141,51 @@ def test_deleting_the_modelserver_frees_the_cpu_and_removes_its_objects(backend:
             freed = not any(uid in entries for uid in uids)
             time.sleep(1)
         assert freed, _cpu_manager_state(backend)
+
+
+def test_without_exclusive_cores_the_threads_are_capped_by_the_cpu_limit(backend: Backend) -> None:
+    """A Burstable pod (limits.cpu 1) runs in the shared pool: the shipped start script caps the threads."""
+    script = (REPO / "operator/src/pinserve/render/start.sh").read_text()
+    ns = backend.namespace
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "e2e-start-script"},
+                 "data": {"start.sh": script}}
+    image = json.loads(backend.kubectl("get", "pods", "-n", "pinserve-system", "-l",
+                                       "app.kubernetes.io/component=operator", "-o", "json"))["items"][0]
+    pod = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "e2e-capped"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "server", "image": image["spec"]["containers"][0]["image"],
+                "command": ["/bin/sh", "/start/start.sh"],
+                "env": [{"name": "PINSERVE_SERVER_BINARY", "value": "true"},
+                        {"name": "PINSERVE_CPU_LIMIT", "valueFrom": {"resourceFieldRef": {
+                            "containerName": "server", "resource": "limits.cpu", "divisor": "1m"}}}],
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
+                              "limits": {"cpu": "1", "memory": "64Mi"}},
+                "volumeMounts": [{"name": "start", "mountPath": "/start"}],
+            }],
+            "volumes": [{"name": "start", "configMap": {"name": "e2e-start-script"}}],
+        },
+    }
+    for obj in (configmap, pod):
+        backend.kubectl("apply", "-n", ns, "-f", "-", input_text=json.dumps(obj))
+    try:
+        deadline = time.monotonic() + 180
+        phase = ""
+        while time.monotonic() < deadline and phase not in ("Succeeded", "Failed"):
+            phase = backend.kubectl("get", "pod", "-n", ns, "e2e-capped", "-o", "jsonpath={.status.phase}")
+            time.sleep(1)
+        log = backend.kubectl("logs", "-n", ns, "e2e-capped")
+        assert phase == "Succeeded", log
+        line = next(row for row in log.splitlines() if row.startswith("pinserve:"))
+        fields = dict(kv.split("=", 1) for kv in line.removeprefix("pinserve:").split() if "=" in kv)
+        assert int(fields["TENSORFLOW_INTRA_OP_PARALLELISM"]) == 1, line
+        assert int(fields["physical_cores"]) == 1, line
+        capped = int(fields["affinity_cores"]) > 1
+        assert fields["capped"] == ("true" if capped else "false"), line
+        if capped:
+            assert fields["cpu_bound"] in ("cfs-quota", "limits.cpu"), line
+    finally:
+        backend.kubectl("delete", "-n", ns, "pod/e2e-capped", "configmap/e2e-start-script", "--wait=false",
+                        check=False)

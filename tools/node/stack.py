@@ -45,8 +45,8 @@ class RealNodeStack:
     def kube(self) -> Kube:
         return self.cluster.kube()
 
-    def kubectl(self, *args: str, check: bool = True, timeout: float = 120) -> str:
-        return self.kube.kubectl(*args, check=check, timeout=timeout).stdout
+    def kubectl(self, *args: str, check: bool = True, timeout: float = 120, input_text: str | None = None) -> str:
+        return self.kube.kubectl(*args, check=check, timeout=timeout, input=input_text).stdout
 
     def up(self) -> None:
         started = time.monotonic()
