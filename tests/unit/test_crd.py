@@ -477,7 +477,7 @@ def test_status_schema(root: Schema) -> None:
             "threads", "assumptions"} <= set(placement)  # fmt: skip
     assert placement["topology"]["properties"]["source"]["enum"] == ["agent", "capacity"]
     assert {"smt", "sockets", "numaNodes"} <= set(placement["topology"]["properties"])
-    threads = {"omp", "intraOp", "interOp", "kmpAffinity", "kmpBlocktime"}
+    threads = {"omp", "intraOp", "interOp", "kmpAffinity", "kmpBlocktime", "bound", "capped"}
     assert set(placement["threads"]["properties"]) == threads
     assert set(props["endpoints"]["properties"]) == {"grpc", "rest"}
     assert {"name", "node", "cpus", "qosClass", "physicalCores"} <= set(props["pods"]["items"]["properties"])

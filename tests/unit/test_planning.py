@@ -433,7 +433,7 @@ def test_placement_status(topo: TopoFactory, make_node: NodeFactory) -> None:
     assert status["memory"] == "8Gi" and status["numa"] == "Require"
     assert status["candidateNodes"] == 12 and status["nodes"] == [f"n{i:02}" for i in range(10)]
     assert status["threads"] == {"omp": 4, "intraOp": 4, "interOp": 2, "kmpAffinity": KMP_AFFINITY_SMT,
-                                 "kmpBlocktime": 1}
+                                 "kmpBlocktime": 1, "bound": "cores", "capped": False}
     assert status["topology"] == {"source": "agent", "node": "n00", "sockets": 2, "numaNodes": 4,
                                   "physicalCores": 16, "logicalCpus": 32, "threadsPerCore": 2, "smt": True}
     assert status["assumptions"] == []

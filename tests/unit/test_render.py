@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from pinserve.api import ModelServer, parse_modelserver
-from pinserve.planning import Placement, node_info, plan
+from pinserve.planning import DEFAULT_INTER_OP, DEFAULT_KMP_BLOCKTIME, Placement, node_info, plan
 from pinserve.render import render_children
 from pinserve.render.common import ANNOTATION_CONFIG_HASH, LABEL_MODELSERVER, bench_job_name
-from pinserve.render.configmap import START_SCRIPT
+from pinserve.render.configmap import START_SCRIPT, start_script
 from pinserve.render.deployment import merge_affinity
 from pinserve.render.job import LABEL_RUN_KEY, TERMINATION_LOG, render_bench_job
 from pinserve.settings import Settings
@@ -409,6 +409,21 @@ def test_clamped_user_threads_reach_the_env_clamped(placed: Callable[..., Any]) 
     spec = base_spec(threading={"intraOp": 16}, resources={"physicalCores": 4})
     ms, placement = placed(spec, "nosmt")
     assert env_of(server(render_children(ms, placement, SETTINGS)))["TENSORFLOW_INTRA_OP_PARALLELISM"] == "4"
+
+
+def test_script_inputs_come_by_environment(placed: Callable[..., Any]) -> None:
+    # The start script is a plain file: its defaults and the CPU limit that bounds the threads are env.
+    ms, placement = placed(base_spec(), "smt")
+    objects = render_children(ms, placement, SETTINGS)
+    container = server(objects)
+    env = env_of(container)
+    assert (env["PINSERVE_DEFAULT_INTER_OP"], env["PINSERVE_DEFAULT_KMP_BLOCKTIME"]) == (
+        str(DEFAULT_INTER_OP), str(DEFAULT_KMP_BLOCKTIME))
+    # Millicores of this very container's limit (1500m would be 2 CPUs for the script).
+    assert env["PINSERVE_CPU_LIMIT"] == {"resourceFieldRef": {
+        "containerName": container["name"], "resource": "limits.cpu", "divisor": "1m"}}
+    assert container["resources"]["limits"]["cpu"] == str(placement.cpu_request)
+    assert by_kind(objects)["ConfigMap"]["data"][START_SCRIPT] == start_script()
 
 
 @pytest.mark.parametrize(("config", "value"), [("Env", "env"), ("Flags", "flags"), ("Both", "both")])

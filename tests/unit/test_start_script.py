@@ -1,7 +1,9 @@
-"""The rendered start script, run for real by POSIX shells against real and snapshot topologies.
+"""The shipped start script, run for real by POSIX shells against real and snapshot topologies.
 
 Expected core counts come from hwloc's own reading of each snapshot (NAME.console), or from this
-machine's /sys read in Python, never from the script's logic.
+machine's /sys read in Python, never from the script's logic. Unless a test says otherwise the script
+sees no cgroup files and a library root holding libiomp5.so (as the mkl image does), so OMP_*/KMP_*
+are exported; the CPU bounds and the OpenMP detection have their own section at the end.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from typing import Any, Protocol
 
 import pytest
 
-from pinserve.render.script import render_start_script
+from pinserve.render.configmap import START_SCRIPT, start_script
 from snapshots import SNAPSHOT_DIR
 
 pytestmark = pytest.mark.unit
 
+REPO = Path(__file__).resolve().parents[2]
 HWLOC_DIR = SNAPSHOT_DIR  # tests/data/hwloc-sysfs unless PINSERVE_SNAPSHOTS says otherwise
 THREAD_VARS = (
     "OMP_NUM_THREADS",
@@ -54,6 +57,13 @@ LOG_KEYS = (
     "KMP_SETTINGS",
     "user_set",
     "thread_config",
+    "affinity_cores",
+    "cgroup",
+    "quota_cpus",
+    "limit_cpus",
+    "cpu_bound",
+    "capped",
+    "openmp",
 )
 SMT_AFFINITY = "granularity=fine,compact,1,0"
 FLAT_AFFINITY = "granularity=fine,compact"
@@ -126,11 +136,41 @@ def parse_log(stderr: str) -> dict[str, str]:
     return fields
 
 
+SHIPPED = REPO / "operator" / "src" / "pinserve" / "render" / START_SCRIPT
+
+
 @pytest.fixture(scope="session")
-def script_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("script") / "start.sh"
-    path.write_text(render_start_script())
-    return path
+def script_path() -> Path:
+    """The file the package ships, run in place: what the ConfigMap carries is exactly its text."""
+    assert SHIPPED.read_text() == start_script()
+    return SHIPPED
+
+
+@pytest.fixture(scope="session")
+def no_cgroup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Where the script looks for cgroups, all missing: no CPU quota, whatever this machine has."""
+    missing = tmp_path_factory.mktemp("nocgroup") / "missing"
+    return {
+        "PINSERVE_PROC_CGROUP": str(missing / "cgroup"),
+        "PINSERVE_PROC_MOUNTINFO": str(missing / "mountinfo"),
+        "PINSERVE_CGROUP_ROOT": str(missing / "fs"),
+    }
+
+
+def library_root(base: Path, libdir: str | None = "/usr/local/lib") -> Path:
+    """A file-system root for PINSERVE_LIBRARY_ROOT, with libiomp5.so in libdir (or nowhere)."""
+    base.mkdir(parents=True, exist_ok=True)
+    if libdir is not None:
+        lib = base / libdir.lstrip("/")
+        lib.mkdir(parents=True, exist_ok=True)
+        (lib / "libiomp5.so").write_bytes(b"")
+    return base
+
+
+@pytest.fixture(scope="session")
+def mkl_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Where the mkl image has it (TF Serving's Dockerfile.mkl copies it to /usr/local/lib).
+    return library_root(tmp_path_factory.mktemp("mklroot"))
 
 
 @pytest.fixture(scope="session")
@@ -158,7 +198,9 @@ class Runner(Protocol):
 
 
 @pytest.fixture
-def run(shell: tuple[str, ...], script_path: Path, fake_server: Path) -> Runner:
+def run(
+    shell: tuple[str, ...], script_path: Path, fake_server: Path, no_cgroup: dict[str, str], mkl_root: Path
+) -> Runner:
     def _run(
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
@@ -171,6 +213,8 @@ def run(shell: tuple[str, ...], script_path: Path, fake_server: Path) -> Runner:
             "PINSERVE_SERVER_BINARY": str(fake_server),
             "PINSERVE_MODEL_NAME": "m",
             "PINSERVE_MODEL_BASE_PATH": "/models/m",
+            "PINSERVE_LIBRARY_ROOT": str(mkl_root),
+            **no_cgroup,
         }
         full_env.update(env or {})
         prefix = ["taskset", "-c", taskset] if taskset is not None else []
@@ -704,38 +748,57 @@ def test_log_line_is_the_only_stderr_output(run: Runner, smt2_env: dict[str, str
         "KMP_SETTINGS": "1",
         "user_set": "KMP_SETTINGS",
         "thread_config": "both",
+        "affinity_cores": "2",
+        "cgroup": "none",
+        "quota_cpus": "none",
+        "limit_cpus": "none",
+        "cpu_bound": "affinity",
+        "capped": "false",
+        "openmp": "libiomp5",
     }
 
 
-# --- rendering ------------------------------------------------------------------------------------------
+# --- defaults from the environment, the shipped file ----------------------------------------------------
 
 
-def test_rendered_defaults_are_used(run: Runner, snapshots: dict[str, Snapshot], tmp_path: Path) -> None:
-    script = tmp_path / "custom.sh"
-    script.write_text(render_start_script(default_inter_op=4, default_kmp_blocktime=0))
+def test_defaults_come_from_the_environment(run: Runner, snapshots: dict[str, Snapshot], tmp_path: Path) -> None:
+    defaults = {"PINSERVE_DEFAULT_INTER_OP": "4", "PINSERVE_DEFAULT_KMP_BLOCKTIME": "0"}
     snap = snapshots["8em64t-2s2ca2c"]
-    wide = run(env=snapshot_env(snap, status_file(tmp_path, "0-7")), script=script)
+    wide = run(env={**snapshot_env(snap, status_file(tmp_path, "0-7")), **defaults})
     assert wide.returncode == 0, wide.stderr
     assert (wide.env["TENSORFLOW_INTER_OP_PARALLELISM"], wide.env["KMP_BLOCKTIME"]) == ("4", "0")
-    narrow = run(env=snapshot_env(snap, status_file(tmp_path, "0-2")), script=script)
+    narrow = run(env={**snapshot_env(snap, status_file(tmp_path, "0-2")), **defaults})
     assert narrow.env["TENSORFLOW_INTER_OP_PARALLELISM"] == "3"
+    unset = run(env={**snapshot_env(snap, status_file(tmp_path, "0-7")),
+                     "PINSERVE_DEFAULT_INTER_OP": "", "PINSERVE_DEFAULT_KMP_BLOCKTIME": ""})
+    assert (unset.env["TENSORFLOW_INTER_OP_PARALLELISM"], unset.env["KMP_BLOCKTIME"]) == ("2", "1")
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"default_inter_op": 0}, {"default_inter_op": True}, {"default_kmp_blocktime": -1}],
+    ("name", "value"),
+    [("PINSERVE_DEFAULT_INTER_OP", "0"), ("PINSERVE_DEFAULT_INTER_OP", "two"),
+     ("PINSERVE_DEFAULT_KMP_BLOCKTIME", "-1"), ("PINSERVE_DEFAULT_KMP_BLOCKTIME", "1 ; true")],
 )
-def test_render_rejects_bad_defaults(kwargs: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="default_"):
-        render_start_script(**kwargs)
+def test_bad_defaults_fail_clearly(run: Runner, smt2_env: dict[str, str], name: str, value: str) -> None:
+    result = run(env={**smt2_env, name: value})
+    assert result.returncode == 2
+    assert f"{name}='{value}'" in result.stderr
+    assert result.stdout == ""  # the server never ran
 
 
 def test_script_shape() -> None:
-    text = render_start_script()
+    text = start_script()
     assert text.startswith("#!/bin/sh\n")
     assert "\nset -eu\n" in text
     assert text.endswith("\n")
-    assert "{{" not in text and "}}" not in text
+    assert "{{" not in text and "{%" not in text  # a plain file, no template left
+
+
+def test_script_is_package_data() -> None:
+    # The wheel the operator image installs must carry the file start_script() reads.
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '"render/start.sh"' in pyproject
+    assert not (SHIPPED.parent / "templates" / "start.sh.j2").exists()
 
 
 def test_script_syntax_and_lint(script_path: Path) -> None:
@@ -749,3 +812,296 @@ def test_script_syntax_and_lint(script_path: Path) -> None:
     for cmd in checkers:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, f"{cmd}: {proc.stdout}{proc.stderr}"
+
+
+# --- CPU bounds: the CFS quota and limits.cpu beside the snapshot ------------------------------------------
+#
+# Each case lays out cgroup files the way a container sees them (its /proc/self/cgroup and mountinfo,
+# and the cgroupfs files) next to a sysfs snapshot, and says which bound must apply. The expectations
+# are written out by hand from the files' contents, never computed by the script's own logic.
+
+CONTAINER = "/kubepods/burstable/pod0a1b/cri-containerd-c0ffee"
+
+
+@dataclass(frozen=True)
+class Cgroup:
+    """The cgroup files of one case.
+
+    version: "v2" (cpu.max), "v1" (cpu.cfs_quota_us/cpu.cfs_period_us under cpu,cpuacct) or
+    "hybrid" (v1 cpu controller plus a cgroup2 mount without it). quotas maps a cgroup path to its
+    quota (cpu.max text for v2, "QUOTA PERIOD" for v1); the process's cgroup is ``path``. ``root`` is
+    the mount's root in mountinfo ("/" without a cgroup namespace). With mountinfo=False the script
+    finds neither a mount table nor /proc/self/cgroup and falls back to PINSERVE_CGROUP_ROOT.
+    """
+
+    version: str
+    quotas: dict[str, str]
+    path: str = CONTAINER
+    root: str = "/"
+    mountinfo: bool = True
+
+    def lay_out(self, base: Path) -> dict[str, str]:
+        fs = base / "fs"
+        v2_mount = fs if self.version == "v2" else fs / "unified"
+        v1_mount = fs / "cpu,cpuacct"
+        mounts = ["25 1 259:1 / / rw,relatime shared:1 - ext4 /dev/root rw\n",
+                  f"30 25 0:26 / {fs} rw,nosuid shared:4 - tmpfs tmpfs rw,mode=755\n"]
+        cgroup_lines: list[str] = []
+        if self.version in ("v1", "hybrid"):
+            mounts.append(f"32 30 0:29 {self.root} {v1_mount} rw,nosuid,nodev,noexec,relatime shared:7 - cgroup "
+                          "cgroup rw,cpu,cpuacct\n")
+            mounts.append(f"33 30 0:30 {self.root} {fs / 'memory'} rw,relatime shared:8 - cgroup cgroup rw,memory\n")
+            cgroup_lines += [f"4:memory:{self.path}\n", f"2:cpu,cpuacct:{self.path}\n"]
+        if self.version in ("v2", "hybrid"):
+            mounts.append(f"31 30 0:27 {self.root} {v2_mount} rw,nosuid,nodev,noexec,relatime shared:5 - cgroup2 "
+                          "cgroup2 rw,nsdelegate\n")
+            cgroup_lines.append(f"0::{self.path}\n")
+        (v2_mount / self.path.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        for path, quota in self.quotas.items():
+            if self.version == "v2":
+                directory = v2_mount / path.lstrip("/")
+                directory.mkdir(parents=True, exist_ok=True)
+                (directory / "cpu.max").write_text(quota + "\n")
+            else:
+                directory = v1_mount / path.lstrip("/")
+                directory.mkdir(parents=True, exist_ok=True)
+                value, period = quota.split()
+                (directory / "cpu.cfs_quota_us").write_text(value + "\n")
+                (directory / "cpu.cfs_period_us").write_text(period + "\n")
+        proc = base / "proc"
+        proc.mkdir(exist_ok=True)
+        (proc / "cgroup").write_text("".join(cgroup_lines))
+        (proc / "mountinfo").write_text("".join(mounts))
+        if not self.mountinfo:
+            return {"PINSERVE_PROC_CGROUP": str(proc / "none"), "PINSERVE_PROC_MOUNTINFO": str(proc / "none"),
+                    "PINSERVE_CGROUP_ROOT": str(fs)}
+        return {"PINSERVE_PROC_CGROUP": str(proc / "cgroup"), "PINSERVE_PROC_MOUNTINFO": str(proc / "mountinfo"),
+                "PINSERVE_CGROUP_ROOT": str(base / "elsewhere")}
+
+
+@dataclass(frozen=True)
+class BoundCase:
+    snapshot: str
+    cpus: str
+    cgroup: Cgroup | None
+    limit_millis: str | None
+    # physical_cores, affinity_cores, cgroup, quota_cpus, limit_cpus, cpu_bound, capped, inter-op
+    want: tuple[int, int, str, str, str, str, bool, int]
+
+
+SMT32 = "32intel64-2p8co2t+8ve"  # 2 packages x 8 cores x 2 threads: 32 CPUs, 16 cores
+AMD64 = "64amd64-4s2n4ca2co"  # 64 CPUs, 64 cores, no SMT
+BOUND_CASES: dict[str, BoundCase] = {
+    # The issue's case: a 4-CPU pod without exclusive cores sees the whole SMT host.
+    "v2-quota-below-affinity-smt": BoundCase(
+        SMT32, "0-31", Cgroup("v2", {CONTAINER: "400000 100000"}), None,
+        (4, 16, "v2", "4", "none", "cfs-quota", True, 2)),
+    "v2-quota-on-64-cpus": BoundCase(
+        AMD64, "0-63", Cgroup("v2", {CONTAINER: "400000 100000"}), None,
+        (4, 64, "v2", "4", "none", "cfs-quota", True, 2)),
+    "v2-fractional-quota-rounds-up": BoundCase(
+        AMD64, "0-63", Cgroup("v2", {CONTAINER: "150000 100000"}), None,
+        (2, 64, "v2", "2", "none", "cfs-quota", True, 2)),
+    "v2-half-cpu-is-one": BoundCase(
+        AMD64, "0-63", Cgroup("v2", {CONTAINER: "50000 100000"}), None,
+        (1, 64, "v2", "1", "none", "cfs-quota", True, 1)),
+    "v2-other-period": BoundCase(
+        AMD64, "0-63", Cgroup("v2", {CONTAINER: "300000 50000"}), None,
+        (6, 64, "v2", "6", "none", "cfs-quota", True, 2)),
+    "v2-max-is-unlimited": BoundCase(
+        SMT32, "0-31", Cgroup("v2", {CONTAINER: "max 100000"}), None,
+        (16, 16, "v2", "none", "none", "affinity", False, 2)),
+    # The pod's cgroup limits, the container's does not: ancestors up to the mount count too.
+    "v2-parent-quota": BoundCase(
+        AMD64, "0-63", Cgroup("v2", {CONTAINER: "max 100000", "/kubepods/burstable/pod0a1b": "300000 100000"}),
+        None, (3, 64, "v2", "3", "none", "cfs-quota", True, 2)),
+    "v2-cgroup-namespace": BoundCase(  # /proc/self/cgroup says "/", the mount's root is the container
+        AMD64, "0-63", Cgroup("v2", {"/": "200000 100000"}, path="/", root="/"), None,
+        (2, 64, "v2", "2", "none", "cfs-quota", True, 2)),
+    "v2-mount-root-is-the-container": BoundCase(  # no namespace, but only our cgroup is mounted
+        AMD64, "0-63", Cgroup("v2", {"/": "200000 100000"}, root=CONTAINER), None,
+        (2, 64, "v2", "2", "none", "cfs-quota", True, 2)),
+    "v2-no-mount-table": BoundCase(
+        AMD64, "0-63", Cgroup("v2", {"/": "500000 100000"}, path="/", mountinfo=False), None,
+        (5, 64, "v2", "5", "none", "cfs-quota", True, 2)),
+    "v1-quota": BoundCase(
+        AMD64, "0-63", Cgroup("v1", {CONTAINER: "250000 100000"}), None,
+        (3, 64, "v1", "3", "none", "cfs-quota", True, 2)),
+    "v1-unlimited": BoundCase(
+        SMT32, "0-31", Cgroup("v1", {CONTAINER: "-1 100000"}), None,
+        (16, 16, "v1", "none", "none", "affinity", False, 2)),
+    "v1-no-mount-table": BoundCase(
+        AMD64, "0-63", Cgroup("v1", {"/": "700000 100000"}, path="/", mountinfo=False), None,
+        (7, 64, "v1", "7", "none", "cfs-quota", True, 2)),
+    "hybrid-quota-in-v1": BoundCase(  # cgroup2 mounted without the cpu controller
+        AMD64, "0-63", Cgroup("hybrid", {CONTAINER: "400000 100000"}), None,
+        (4, 64, "v1", "4", "none", "cfs-quota", True, 2)),
+    "limit-only-4000m": BoundCase(
+        SMT32, "0-31", None, "4000", (4, 16, "none", "none", "4", "limits.cpu", True, 2)),
+    "limit-only-1500m-rounds-up": BoundCase(
+        AMD64, "0-63", None, "1500", (2, 64, "none", "none", "2", "limits.cpu", True, 2)),
+    "limit-and-quota-limit-smaller": BoundCase(
+        AMD64, "0-63", Cgroup("v2", {CONTAINER: "800000 100000"}), "3000",
+        (3, 64, "v2", "8", "3", "limits.cpu", True, 2)),
+    "limit-and-quota-quota-smaller": BoundCase(
+        AMD64, "0-63", Cgroup("v2", {CONTAINER: "200000 100000"}), "6000",
+        (2, 64, "v2", "2", "6", "cfs-quota", True, 2)),
+    "limit-and-quota-equal-quota-wins": BoundCase(
+        SMT32, "0-31", Cgroup("v1", {CONTAINER: "400000 100000"}), "4000",
+        (4, 16, "v1", "4", "4", "cfs-quota", True, 2)),
+    # Exclusive cores: the static CPU manager's 2 whole cores (4 CPUs) under their own 4-CPU quota.
+    "exclusive-cores-affinity-smaller": BoundCase(
+        "16em64t-4s2c2t", SMT2, Cgroup("v2", {CONTAINER: "400000 100000"}), "4000",
+        (2, 2, "v2", "4", "4", "affinity", False, 2)),
+    # A quota between the cores and the CPUs of the affinity caps nothing; inter-op stays within it.
+    "quota-between-cores-and-cpus": BoundCase(
+        "16em64t-4s2c2t", "0,4,8,12", Cgroup("v2", {CONTAINER: "300000 100000"}), None,
+        (2, 2, "v2", "3", "none", "affinity", False, 2)),
+    "garbage-is-no-bound": BoundCase(
+        SMT32, "0-31", Cgroup("v2", {CONTAINER: "lots 100000"}), "4 CPUs",
+        (16, 16, "v2", "none", "none", "affinity", False, 2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BOUND_CASES))
+def test_cpu_bounds(run: Runner, snapshots: dict[str, Snapshot], tmp_path: Path, case: str) -> None:
+    spec = BOUND_CASES[case]
+    env = snapshot_env(snapshots[spec.snapshot], status_file(tmp_path, spec.cpus))
+    if spec.cgroup is not None:
+        env |= spec.cgroup.lay_out(tmp_path / "cg")
+    if spec.limit_millis is not None:
+        env["PINSERVE_CPU_LIMIT"] = spec.limit_millis
+    result = run(env=env)
+    assert result.returncode == 0, result.stderr
+    cores, affinity_cores, cgroup, quota, limit, bound, capped, inter = spec.want
+    log = result.log
+    assert (log["physical_cores"], log["affinity_cores"]) == (str(cores), str(affinity_cores))
+    assert (log["cgroup"], log["quota_cpus"], log["limit_cpus"]) == (cgroup, quota, limit)
+    assert (log["cpu_bound"], log["capped"]) == (bound, str(capped).lower())
+    threads = str(cores)
+    assert (log["OMP_NUM_THREADS"], log["TENSORFLOW_INTRA_OP_PARALLELISM"]) == (threads, threads)
+    assert log["TENSORFLOW_INTER_OP_PARALLELISM"] == str(inter)
+    assert result.env["OMP_NUM_THREADS"] == threads
+    assert result.env["TENSORFLOW_INTRA_OP_PARALLELISM"] == threads
+    assert result.env["TENSORFLOW_INTER_OP_PARALLELISM"] == str(inter)
+    assert result.argv[-2:] == [f"--tensorflow_intra_op_parallelism={threads}",
+                                f"--tensorflow_inter_op_parallelism={inter}"]
+    # Capped threads run on CPUs the pod does not own: they must not be pinned to the host's first ones.
+    want_affinity = "none" if capped else (SMT_AFFINITY if log["smt"] == "true" else FLAT_AFFINITY)
+    assert log["KMP_AFFINITY"] == want_affinity == result.env["KMP_AFFINITY"]
+    if capped:
+        assert log["planned_match"] == "unknown"
+
+
+def test_capped_planned_cores_compare_with_the_capped_count(
+    run: Runner, snapshots: dict[str, Snapshot], tmp_path: Path
+) -> None:
+    env = snapshot_env(snapshots[SMT32], status_file(tmp_path, "0-31"))
+    result = run(env={**env, "PINSERVE_CPU_LIMIT": "4000", "PINSERVE_PLANNED_CORES": "4"})
+    assert (result.log["physical_cores"], result.log["planned_match"]) == ("4", "true")
+
+
+def test_user_values_are_kept_under_a_quota(run: Runner, snapshots: dict[str, Snapshot], tmp_path: Path) -> None:
+    env = snapshot_env(snapshots[SMT32], status_file(tmp_path, "0-31"))
+    env |= Cgroup("v2", {CONTAINER: "400000 100000"}).lay_out(tmp_path / "cg")
+    user = {"OMP_NUM_THREADS": "8", "TENSORFLOW_INTER_OP_PARALLELISM": "6", "KMP_AFFINITY": "compact"}
+    result = run(env={**env, **user})
+    assert result.returncode == 0, result.stderr
+    log = result.log
+    assert (log["physical_cores"], log["capped"], log["cpu_bound"]) == ("4", "true", "cfs-quota")
+    assert log["user_set"] == "OMP_NUM_THREADS,TENSORFLOW_INTER_OP_PARALLELISM,KMP_AFFINITY"
+    # The user's numbers win, as everywhere: OMP drives intra-op too.
+    assert (result.env["OMP_NUM_THREADS"], result.env["TENSORFLOW_INTRA_OP_PARALLELISM"]) == ("8", "8")
+    assert (result.env["TENSORFLOW_INTER_OP_PARALLELISM"], result.env["KMP_AFFINITY"]) == ("6", "compact")
+
+
+def _real_quota() -> tuple[str, str]:
+    """This machine's (cgroup, quota_cpus) for the current process, read the plain way."""
+    groups = dict(line.split(":", 2)[1:] for line in Path("/proc/self/cgroup").read_text().splitlines())
+    root = Path("/sys/fs/cgroup")
+    v2 = groups.get("")
+    if v2 is not None:
+        for mount in (root, root / "unified"):
+            leaf = mount / v2.lstrip("/")
+            chain = [leaf, *[p for p in leaf.parents if p.is_relative_to(mount)]]
+            found = [p / "cpu.max" for p in chain if (p / "cpu.max").is_file()]
+            if found:
+                limits = [f.read_text().split() for f in found]
+                cpus = [-(-int(q) // int(p)) for q, p in limits if q != "max"]
+                return "v2", str(min(cpus)) if cpus else "none"
+    v1 = next((path for ctrls, path in groups.items() if "cpu" in ctrls.split(",")), None)
+    if v1 is not None:
+        for mount in (root / "cpu", root / "cpu,cpuacct"):
+            leaf = mount / v1.lstrip("/")
+            chain = [leaf, *[p for p in leaf.parents if p.is_relative_to(mount)]]
+            found = [p for p in chain if (p / "cpu.cfs_quota_us").is_file()]
+            if found:
+                pairs = [(int((p / "cpu.cfs_quota_us").read_text()), int((p / "cpu.cfs_period_us").read_text()))
+                         for p in found]
+                cpus = [-(-q // p) for q, p in pairs if q > 0]
+                return "v1", str(min(cpus)) if cpus else "none"
+    return "none", "none"
+
+
+def test_real_cgroup_of_this_machine(run: Runner) -> None:
+    # Empty values count as unset: the script reads the real /proc/self/cgroup, mountinfo and cgroupfs.
+    env = {"PINSERVE_PROC_CGROUP": "", "PINSERVE_PROC_MOUNTINFO": "", "PINSERVE_CGROUP_ROOT": ""}
+    result = run(env=env)
+    assert result.returncode == 0, result.stderr
+    assert (result.log["cgroup"], result.log["quota_cpus"]) == _real_quota()
+
+
+# --- OpenMP: OMP_*/KMP_* only where Intel's runtime is -----------------------------------------------------
+
+OPENMP_VARS = ("OMP_NUM_THREADS", "KMP_AFFINITY", "KMP_BLOCKTIME")
+
+
+# (where libiomp5.so is, LD_LIBRARY_PATH, what the script must detect)
+OPENMP_CASES = {
+    "mkl-image": ("/usr/local/lib", None, "libiomp5"),
+    "multiarch-dir": ("/usr/lib/x86_64-linux-gnu", None, "libiomp5"),
+    "ld-library-path": ("/opt/intel/lib", "/opt/other:/opt/intel/lib", "libiomp5"),
+    "off-the-loader-path": ("/opt/intel/lib", None, "none"),  # the server could not load it either
+    "stock-image": (None, "/opt/intel/lib", "none"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPENMP_CASES))
+def test_openmp_detection(run: Runner, smt2_env: dict[str, str], tmp_path: Path, case: str) -> None:
+    libdir, ld_library_path, want = OPENMP_CASES[case]
+    env = {**smt2_env, "PINSERVE_LIBRARY_ROOT": str(library_root(tmp_path / "root", libdir))}
+    if ld_library_path is not None:
+        env["LD_LIBRARY_PATH"] = ld_library_path
+    result = run(env=env)
+    assert result.returncode == 0, result.stderr
+    log = result.log
+    assert log["openmp"] == want
+    # The flags always count, and so do the TENSORFLOW_* variables the mkl entrypoint reads.
+    assert result.argv == [*BASE_ARGV, *THREAD_FLAGS]
+    assert result.env["TENSORFLOW_INTRA_OP_PARALLELISM"] == "2"
+    assert result.env["TENSORFLOW_INTER_OP_PARALLELISM"] == "2"
+    exported = {name: result.env[name] for name in OPENMP_VARS}
+    if want == "libiomp5":
+        assert exported == {"OMP_NUM_THREADS": "2", "KMP_AFFINITY": SMT_AFFINITY, "KMP_BLOCKTIME": "1"}
+    else:
+        assert exported == dict.fromkeys(OPENMP_VARS)
+    # Logged either way: what the runtime would get.
+    assert (log["OMP_NUM_THREADS"], log["KMP_AFFINITY"], log["KMP_BLOCKTIME"]) == ("2", SMT_AFFINITY, "1")
+
+
+def test_user_openmp_values_kept_without_the_runtime(run: Runner, smt2_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**smt2_env, "PINSERVE_LIBRARY_ROOT": str(library_root(tmp_path / "root", None))}
+    user = {"OMP_NUM_THREADS": "3", "KMP_AFFINITY": "scatter", "KMP_BLOCKTIME": "0"}
+    result = run(env={**env, **user})
+    assert result.returncode == 0, result.stderr
+    assert result.log["openmp"] == "none"
+    assert result.log["user_set"] == "OMP_NUM_THREADS,KMP_AFFINITY,KMP_BLOCKTIME"
+    assert {name: result.env[name] for name in OPENMP_VARS} == user  # left as the user set them
+    assert result.env["TENSORFLOW_INTRA_OP_PARALLELISM"] == "3"  # OMP still drives intra-op
+    assert "--tensorflow_intra_op_parallelism=3" in result.argv
+
+
+def test_flags_mode_exports_nothing_even_with_the_runtime(run: Runner, smt2_env: dict[str, str]) -> None:
+    result = run(env={**smt2_env, "PINSERVE_THREAD_CONFIG": "flags"})
+    assert result.log["openmp"] == "libiomp5"
+    assert result.env == NO_ENV

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pinserve.api import ModelServerSpec, NumaPolicy
 from pinserve.quantity import memory_bytes, whole_cpus
 from pinserve.settings import Settings
+from pinserve.threadcap import ThreadBound, bound_threads
 from pinserve.topology.model import Topology
 
 TOPOLOGY_ANNOTATION = "pinserve.io/cpu-topology"
@@ -89,6 +90,9 @@ class Threads:
     kmp_blocktime: int
     # Fields the user fixed in spec.threading: the start script keeps these as they are.
     user_set: frozenset[str] = frozenset()
+    # "cpuLimit" (capped) where pods get no exclusive cores and the CPU limit bounds them (threadcap.py).
+    bound: ThreadBound = "cores"
+    capped: bool = False
 
     def to_status(self) -> dict[str, Any]:
         return {
@@ -97,6 +101,8 @@ class Threads:
             "interOp": self.inter_op,
             "kmpAffinity": self.kmp_affinity,
             "kmpBlocktime": self.kmp_blocktime,
+            "bound": self.bound,
+            "capped": self.capped,
         }
 
 
@@ -315,7 +321,8 @@ def plan(spec: ModelServerSpec, nodes: Iterable[NodeInfo], settings: Settings) -
     tpc, chosen = _choose_group(fits)
     other_tpcs = {f.threads_per_core for f in fits} - {tpc}
     threads, notes = plan_threads(spec, tpc)
-    assumptions = list(notes)
+    threads, shared = bound_threads(threads, [f.node for f in chosen], cores * tpc)
+    assumptions = [*notes, *([shared] if shared else [])]
     capacity_nodes = [f.node.name for f in chosen if f.source == "capacity"]
     if capacity_nodes:
         listed = ", ".join(capacity_nodes[:3]) + ("..." if len(capacity_nodes) > 3 else "")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from functools import cache
+from importlib import resources
 from typing import Any
 
 from pinserve.api import ModelServer
-from pinserve.planning import DEFAULT_INTER_OP, DEFAULT_KMP_BLOCKTIME, Placement
+from pinserve.planning import Placement
 from pinserve.render.common import METRICS_PATH, config_map_name, metadata
-from pinserve.render.script import render_start_script
 from pinserve.render.text import render_text
 
 START_SCRIPT = "start.sh"
@@ -15,11 +16,19 @@ BATCHING_CONFIG = "batching.pbtxt"
 MONITORING_CONFIG = "monitoring.pbtxt"
 
 
+@cache  # read on every reconcile (ConfigMap and the Deployment's config hash); the file never changes
+def start_script() -> str:
+    """The server container's start script, shipped as is (see start.sh for its environment contract).
+
+    The counting happens in the pod, not in the operator, because only the pod knows which CPUs the
+    kubelet handed it and what CPU quota bounds it.
+    """
+    return resources.files("pinserve.render").joinpath(START_SCRIPT).read_text(encoding="utf-8")
+
+
 def config_data(ms: ModelServer, placement: Placement) -> dict[str, str]:
     data = {
-        START_SCRIPT: render_start_script(
-            default_inter_op=DEFAULT_INTER_OP, default_kmp_blocktime=DEFAULT_KMP_BLOCKTIME
-        ),
+        START_SCRIPT: start_script(),
         MONITORING_CONFIG: render_text("monitoring.pbtxt.j2", metrics_path=METRICS_PATH),
     }
     batching = ms.spec.server.batching

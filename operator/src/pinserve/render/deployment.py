@@ -7,7 +7,7 @@ import posixpath
 from typing import Any
 
 from pinserve.api import ModelServer
-from pinserve.planning import Placement
+from pinserve.planning import DEFAULT_INTER_OP, DEFAULT_KMP_BLOCKTIME, Placement
 from pinserve.render.common import (
     ANNOTATION_CONFIG_HASH,
     CONFIG_DIR,
@@ -23,6 +23,7 @@ from pinserve.render.common import (
 from pinserve.render.configmap import BATCHING_CONFIG, MONITORING_CONFIG, START_SCRIPT, config_data
 from pinserve.settings import Settings
 
+SERVER_CONTAINER = "server"
 MODEL_VOLUME = "model"
 CONFIG_VOLUME = "config"
 
@@ -51,13 +52,19 @@ def _env(name: str, value: object) -> dict[str, str]:
 
 
 def _server_env(ms: ModelServer, placement: Placement) -> list[dict[str, Any]]:
-    env = [
+    env: list[dict[str, Any]] = [
         _env("PINSERVE_MODEL_NAME", ms.model_name),
         _env("PINSERVE_MODEL_BASE_PATH", model_base_path(ms)),
         _env("PINSERVE_GRPC_PORT", GRPC_PORT),
         _env("PINSERVE_REST_PORT", REST_PORT),
         _env("PINSERVE_THREAD_CONFIG", ms.spec.server.thread_config.value.lower()),
         _env("PINSERVE_PLANNED_CORES", placement.physical_cores),
+        _env("PINSERVE_DEFAULT_INTER_OP", DEFAULT_INTER_OP),
+        _env("PINSERVE_DEFAULT_KMP_BLOCKTIME", DEFAULT_KMP_BLOCKTIME),
+        # In millicores: without exclusive cores the affinity is the whole host, and this (with the
+        # CFS quota the kubelet derives from it) is what bounds the threads.
+        {"name": "PINSERVE_CPU_LIMIT", "valueFrom": {"resourceFieldRef": {
+            "containerName": SERVER_CONTAINER, "resource": "limits.cpu", "divisor": "1m"}}},
         _env("PINSERVE_MONITORING_CONFIG", f"{CONFIG_DIR}/{MONITORING_CONFIG}"),
         _env(
             "PINSERVE_BATCHING_CONFIG",
@@ -143,7 +150,7 @@ def render_deployment(ms: ModelServer, placement: Placement, settings: Settings)
     init_containers, model = _model_source(ms, settings)
     model_path = f"/v1/models/{ms.model_name}"
     server: dict[str, Any] = {
-        "name": "server",
+        "name": SERVER_CONTAINER,
         "image": spec.server.image or settings.server_image,
         "command": ["/bin/sh", f"{CONFIG_DIR}/{START_SCRIPT}"],
         "args": list(spec.server.args),
