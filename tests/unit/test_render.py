@@ -19,7 +19,7 @@ import yaml
 
 from pinserve.api import ModelServer, parse_modelserver
 from pinserve.planning import DEFAULT_INTER_OP, DEFAULT_KMP_BLOCKTIME, Placement, node_info, plan
-from pinserve.render import render_children
+from pinserve.render import configmap, render_children
 from pinserve.render.common import ANNOTATION_CONFIG_HASH, LABEL_MODELSERVER, bench_job_name
 from pinserve.render.configmap import START_SCRIPT, start_script
 from pinserve.render.deployment import merge_affinity
@@ -393,6 +393,20 @@ def test_config_hash_changes_with_batching_only(placed: Callable[..., Any]) -> N
     # The default batch thread count follows the cores, so the cores change the batching config.
     assert config_hash(placed, base_spec(server={"batching": {}})) != config_hash(
         placed, base_spec(server={"batching": {}}, resources={"physicalCores": 2}))
+
+
+
+def test_config_hash_follows_the_start_script(placed: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The hash covers the script through its digest (cached), so a new script still rolls the pods.
+    plain = config_hash(placed, base_spec())
+    monkeypatch.setattr(configmap, "start_script", lambda: "#!/bin/sh\nexec true\n")
+    configmap._start_script_digest.cache_clear()
+    try:
+        assert config_hash(placed, base_spec()) != plain
+    finally:
+        monkeypatch.undo()
+        configmap._start_script_digest.cache_clear()
+    assert config_hash(placed, base_spec()) == plain
 
 
 # -- threads in env ---------------------------------------------------------------------------------------

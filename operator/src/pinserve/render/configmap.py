@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -24,6 +25,17 @@ def start_script() -> str:
     kubelet handed it and what CPU quota bounds it.
     """
     return resources.files("pinserve.render").joinpath(START_SCRIPT).read_text(encoding="utf-8")
+
+
+@cache
+def _start_script_digest() -> str:
+    return "sha256:" + hashlib.sha256(start_script().encode()).hexdigest()
+
+
+def config_fingerprint(ms: ModelServer, placement: Placement) -> dict[str, str]:
+    """What the pod template's config hash covers: ``config_data`` with the start script (20 KB, the same
+    for every ModelServer) stood in for by its digest, so that hashing it is not paid on every render."""
+    return {**config_data(ms, placement), START_SCRIPT: _start_script_digest()}
 
 
 def config_data(ms: ModelServer, placement: Placement) -> dict[str, str]:

@@ -20,7 +20,7 @@ from pinserve.render.common import (
     metadata,
     selector,
 )
-from pinserve.render.configmap import BATCHING_CONFIG, MONITORING_CONFIG, START_SCRIPT, config_data
+from pinserve.render.configmap import BATCHING_CONFIG, MONITORING_CONFIG, START_SCRIPT, config_fingerprint
 from pinserve.settings import Settings
 
 SERVER_CONTAINER = "server"
@@ -209,7 +209,7 @@ def render_deployment(ms: ModelServer, placement: Placement, settings: Settings)
             "template": {
                 "metadata": {
                     "labels": labels(ms, "server"),
-                    "annotations": {ANNOTATION_CONFIG_HASH: content_hash(config_data(ms, placement))},
+                    "annotations": {ANNOTATION_CONFIG_HASH: content_hash(config_fingerprint(ms, placement))},
                 },
                 "spec": pod_spec,
             },
