@@ -139,6 +139,8 @@ def test_delete_garbage_collects_children(cluster: Any, operator: Any, namespace
         ({"threading": {"intraOp": 99}}, "intraOp"),
         ({"resources": {"physicalCores": 1, "memory": "lots"}}, "memory"),
         ({"replicas": -1}, "replicas"),
+        # spec.server.env is a map keyed by name (x-kubernetes-list-type: map): duplicates are refused.
+        ({"server": {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}}, "Duplicate value"),
     ],
 )
 def test_api_server_rejects_bad_specs(cluster: Any, operator_kubeconfig: Path, namespace: str,
@@ -230,3 +232,134 @@ def test_child_the_api_server_refuses_becomes_a_condition(cluster: Any, operator
     assert get_ms(cluster, namespace, "refused")["metadata"]["resourceVersion"] == version
     events = cluster.get_json("-n", namespace, "events", "--field-selector", "involvedObject.name=refused")["items"]
     assert sum(1 for e in events if e["reason"] == "ApplyFailed") == 1
+
+
+# -- issue 10: removals, node churn, rollouts, the scale subresource --------------------------------------
+
+
+def test_fields_removed_from_the_spec_leave_the_deployment(cluster: Any, operator: Any, namespace: str) -> None:
+    env = [{"name": "KEEP", "value": "1"}, {"name": "DROP", "value": "2"}]
+    apply(cluster, namespace, modelserver("removal", cores=1, server={"env": env},
+                                          placement={"nodeSelector": {"type": "kwok"}}))
+    wait_ready(cluster, namespace, "removal")
+    deployment = get_obj(cluster, namespace, "deployment", "removal")
+    assert deployment is not None
+    assert {"KEEP", "DROP"} <= {e["name"] for e in server_container(deployment)["env"]}
+    assert deployment["spec"]["template"]["spec"]["nodeSelector"] == {"type": "kwok"}
+    assert "pinserve.io/desired-hash" in deployment["metadata"]["annotations"]
+
+    apply(cluster, namespace, modelserver("removal", cores=1, server={"env": env[:1]}))
+
+    def removed() -> dict[str, Any] | None:
+        dep = get_obj(cluster, namespace, "deployment", "removal")
+        names = {e["name"] for e in server_container(dep)["env"]} if dep else {"DROP"}
+        return dep if dep and "DROP" not in names and "nodeSelector" not in dep["spec"]["template"]["spec"] else None
+
+    dep = eventually("DROP and the nodeSelector to leave the pod template", removed)
+    assert "KEEP" in {e["name"] for e in server_container(dep)["env"]}
+    wait_ready(cluster, namespace, "removal", generation=2)
+    # Steady state: the Deployment's spec is not written again (its generation would move).
+    generation = cluster.get_json("-n", namespace, "deployment/removal")["metadata"]["generation"]
+    settle(3)
+    assert cluster.get_json("-n", namespace, "deployment/removal")["metadata"]["generation"] == generation
+
+
+SMT_SNAPSHOT = "32intel64-2p8co2t+8ve"  # 2 threads per core
+PLAIN_SNAPSHOT = "8em64t-2s2ca2c"  # 1 thread per core
+
+
+def test_node_churn_rolls_nothing_until_the_class_is_gone(cluster: Any, operator: Any, namespace: str) -> None:
+    pool = namespace[-6:]
+    smt, plain = f"kwok-sticky-smt-{pool}", [f"kwok-sticky-plain-{pool}-{i}" for i in range(2)]
+    cluster.add_fake_node(smt, SMT_SNAPSHOT, labels={"pool": pool})
+    try:
+        apply(cluster, namespace, modelserver("sticky", cores=1, placement={"nodeSelector": {"pool": pool}}))
+        body = wait_ready(cluster, namespace, "sticky")
+        assert body["status"]["placement"]["threadsPerCore"] == 2
+        before = get_obj(cluster, namespace, "deployment", "sticky")
+        assert before is not None and server_container(before)["resources"]["limits"]["cpu"] == "2"
+
+        # Two nodes of another class join and outnumber it: by majority the plan would flip and roll.
+        for name in plain:
+            cluster.add_fake_node(name, PLAIN_SNAPSHOT, labels={"pool": pool})
+        settle(4)
+        after = get_obj(cluster, namespace, "deployment", "sticky")
+        assert after is not None
+        assert after["metadata"]["generation"] == before["metadata"]["generation"]
+        assert after["spec"]["template"] == before["spec"]["template"]
+        placement = get_ms(cluster, namespace, "sticky")["status"]["placement"]
+        assert placement["threadsPerCore"] == 2 and placement["nodes"] == [smt]
+
+        # The last node of the class leaves: re-planned for the nodes that are left, and said so.
+        cluster.remove_node(smt)
+
+        def replanned() -> dict[str, Any] | None:
+            dep = get_obj(cluster, namespace, "deployment", "sticky")
+            return dep if dep and server_container(dep)["resources"]["limits"]["cpu"] == "1" else None
+
+        eventually("the Deployment to be re-planned for 1 thread per core", replanned)
+        body = get_ms(cluster, namespace, "sticky")
+        assert body["status"]["placement"]["threadsPerCore"] == 1
+        events = cluster.get_json("-n", namespace, "events", "--field-selector", "involvedObject.name=sticky")["items"]
+        [event] = [e for e in events if e["reason"] == "Replanned"]
+        assert "no eligible node of the recorded class (2 thread(s) per core" in event["message"]
+    finally:
+        cluster.kubectl("delete", "-n", namespace, "modelserver/sticky", "--wait=true", timeout=60, check=False)
+        for name in (smt, *plain):
+            cluster.remove_node(name)
+
+
+def test_ready_only_once_the_new_revision_is_rolled_out(cluster: Any, operator: Any, namespace: str) -> None:
+    apply(cluster, namespace, modelserver("rollout", cores=1))
+    wait_ready(cluster, namespace, "rollout")
+    # A new revision whose pod cannot be scheduled (the affinity is the API server's business, not planning's):
+    # the old pod keeps serving and stays ready, the surge pod stays Pending.
+    nowhere = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "pinserve-test/nowhere", "operator": "Exists"}]}]}}}
+    apply(cluster, namespace, modelserver("rollout", cores=1, placement={"affinity": nowhere}))
+
+    def mid_rollout() -> dict[str, Any] | None:
+        dep = get_obj(cluster, namespace, "deployment", "rollout")
+        status = (dep or {}).get("status") or {}
+        if status.get("updatedReplicas") == 1 and status.get("replicas") == 2 and status.get("readyReplicas") == 1:
+            return dep
+        return None
+
+    eventually("a rollout with the old pod ready and the new one Pending", mid_rollout)
+    settle(3)
+    body = get_ms(cluster, namespace, "rollout")
+    ready = condition(body, "Ready")
+    assert ready["status"] == "False" and ready["observedGeneration"] == 2, ready
+    assert ready["reason"] in ("RollingOut", "Unschedulable"), ready
+    # Fixed: the revision rolls out fully, and only then it is Ready.
+    apply(cluster, namespace, modelserver("rollout", cores=1))
+    body = wait_ready(cluster, namespace, "rollout", generation=3)
+    dep = get_obj(cluster, namespace, "deployment", "rollout")
+    assert dep is not None and dep["status"]["replicas"] == dep["status"]["updatedReplicas"] == 1
+
+
+def test_the_scale_subresource_drives_the_deployment(cluster: Any, operator: Any, namespace: str) -> None:
+    """What an HPA does: read and write spec.replicas through /scale, find the pods by status.selector."""
+    apply(cluster, namespace, modelserver("scaled", cores=1))
+    wait_ready(cluster, namespace, "scaled")
+    placement = get_ms(cluster, namespace, "scaled")["status"]["placement"]
+    cluster.kubectl("patch", "-n", namespace, "modelserver/scaled", "--subresource=scale", "--type=merge",
+                    "-p", json.dumps({"spec": {"replicas": 2}}))
+
+    def scaled() -> dict[str, Any] | None:
+        dep = get_obj(cluster, namespace, "deployment", "scaled")
+        return dep if dep and dep["spec"]["replicas"] == 2 else None
+
+    eventually("the Deployment to follow spec.replicas=2", scaled)
+    body = wait_ready(cluster, namespace, "scaled", generation=2)
+    assert body["status"]["replicas"] == 2 and body["status"]["readyReplicas"] == 2
+    assert body["status"]["placement"] == placement  # scaling re-plans nothing
+    scale = cluster.get_json("-n", namespace, "modelserver/scaled", "--subresource=scale")
+    assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 2 and scale["status"]["replicas"] == 2
+    selector = scale["status"]["selector"]
+    pods = cluster.get_json("-n", namespace, "pods", "-l", selector)["items"]
+    assert len(pods) == 2 and all(p["metadata"]["labels"]["app.kubernetes.io/component"] == "server" for p in pods)
+    # Nothing puts the count back: several resyncs later the Deployment still has two replicas.
+    settle(3)
+    dep = get_obj(cluster, namespace, "deployment", "scaled")
+    assert dep is not None and dep["spec"]["replicas"] == 2

@@ -94,6 +94,11 @@ def test_each_model_source_alone_is_valid(source: dict[str, Any]) -> None:
     assert parse_spec(spec_with("model", source)).model.path == ""
 
 
+def test_env_names_that_differ_only_in_case_are_distinct() -> None:
+    env = [{"name": "path", "value": "a"}, {"name": "PATH", "value": "b"}]
+    assert [e.name for e in parse_spec(spec_with("server.env", env)).server.env] == ["path", "PATH"]
+
+
 @pytest.mark.parametrize("memory", ["8Gi", "512Mi", "1G", "1000M", "1.5Gi", "123456789", "64k"])
 def test_memory_quantities(memory: str) -> None:
     assert parse_spec(spec_with("resources.memory", memory)).resources.memory == memory
@@ -139,6 +144,12 @@ INVALID = [
     ("server.threadConfig", "Magic", "spec.server.threadConfig", ""),
     ("server.env", [{"value": "1"}], "spec.server.env[0].name", "required"),
     ("server.env", [{"name": "A", "valueFrom": {}}, {"name": "B", "bogus": 1}], "spec.server.env[1].bogus", ""),
+    # A map keyed by name, as the CRD's x-kubernetes-list-map-keys says: a duplicate is refused.
+    ("server.env", [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}], "spec.server.env",
+     "duplicate name 'A' (entries 0 and 1)"),
+    ("server.env", [{"name": "A", "value": "1"}, {"name": "B", "value": "2"},
+                    {"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}], "spec.server.env",
+     "entries 0 and 2"),
     ("server.batching", {"maxBatchSize": 0}, "spec.server.batching.maxBatchSize", ""),
     ("server.args", "--flag", "spec.server.args", "list"),
     ("replicas", -1, "spec.replicas", ""),

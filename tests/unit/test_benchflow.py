@@ -18,6 +18,7 @@ from pinserve.benchflow import (
     evaluate,
     parse_summary,
     run_key,
+    spec_key,
     termination_message,
 )
 from pinserve.planning import Placement, node_info, plan
@@ -333,3 +334,50 @@ def test_termination_message_picks_the_jobs_own_pod() -> None:
     assert termination_message(pods, "j") == "mine"
     assert termination_message(pods, "missing") is None
     assert termination_message([bench_pod("j", "")], "j") is None
+
+
+# -- what a new generation re-measures: not a change of replicas alone (an HPA) -----------------------------
+
+
+def _measured(ms: ModelServer, placement: Placement) -> dict[str, Any]:
+    key = run_key(ms)
+    done = decide(ms, placement, jobs=[job(f"rfcn-bench-{key}", key, "Complete")],
+                  pods=[bench_pod(f"rfcn-bench-{key}", json.dumps(SUMMARY))])
+    assert done.status is not None and done.status["specKey"] == spec_key(ms)
+    return done.status
+
+
+# (id, spec change in the next generation, annotations, a new Job expected)
+NEXT_GENERATION = [
+    ("replicas only (an HPA through the scale subresource)", {"replicas": 4}, None, False),
+    ("a new generation with the same spec", {"replicas": 1}, None, False),
+    ("cores", {"resources": {"physicalCores": 2, "memory": "8Gi"}}, None, True),
+    ("server env", {"server": {"env": [{"name": "A", "value": "1"}]}}, None, True),
+    ("benchmark settings", {"benchmark": {"latency": {"requests": 800}}}, None, True),
+    ("replicas, with an on-demand request", {"replicas": 4}, {ANNOTATION_REQUESTED: "now"}, True),
+]
+
+
+@pytest.mark.parametrize(("change", "annotations", "new_job"), [c[1:] for c in NEXT_GENERATION],
+                         ids=[c[0] for c in NEXT_GENERATION])
+def test_what_a_new_generation_re_measures(make_ms: Callable[..., Any], placement: Placement,
+                                            change: dict[str, Any], annotations: dict[str, str] | None,
+                                            new_job: bool) -> None:
+    current = _measured(ms_of(make_ms, generation=3), placement)
+    later = ms_of(make_ms, generation=4, annotations=annotations, **change)
+    decision = decide(later, placement, current=current)
+    assert bool(decision.apply) is new_job
+    if not new_job:
+        assert (decision.condition.status, decision.condition.reason) == ("True", "Measured")
+        assert decision.status is None  # the figures of generation 3 stay
+
+
+def test_spec_key_ignores_replicas_only(make_ms: Callable[..., Any]) -> None:
+    assert spec_key(ms_of(make_ms, replicas=1)) == spec_key(ms_of(make_ms, generation=9, replicas=5))
+    assert spec_key(ms_of(make_ms)) != spec_key(ms_of(make_ms, annotations={ANNOTATION_REQUESTED: "x"}))
+
+
+def test_waiting_for_the_rollout_says_so(make_ms: Callable[..., Any], placement: Placement) -> None:
+    rolling = Condition("Ready", "False", "RollingOut", "1/2 replicas run the current revision")
+    decision = decide(ms_of(make_ms), placement, ready=rolling)
+    assert decision.apply == [] and "rolled out" in decision.condition.message

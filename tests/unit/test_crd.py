@@ -20,6 +20,7 @@ from pinserve import api, benchflow
 from pinserve.bench.report import compact_summary
 from pinserve.pinning import ANNOTATION_CPUS, pod_view
 from pinserve.planning import node_info, plan
+from pinserve.render.common import selector_string
 from pinserve.render.job import LABEL_RUN_KEY
 from pinserve.render.service import endpoints
 from pinserve.settings import Settings
@@ -420,7 +421,59 @@ def test_names_and_versions(crd: dict[str, Any], version: dict[str, Any]) -> Non
     assert names["shortNames"] == ["msrv"]
     assert names["categories"] == ["pinserve"]
     assert version["served"] is True and version["storage"] is True
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"] == {
+        "status": {},
+        # An HPA drives spec.replicas through the scale subresource and finds the pods by status.selector.
+        "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+                  "labelSelectorPath": ".status.selector"},
+    }
+
+
+def _node_at(root: Schema, path: str) -> Schema:
+    node = root
+    for part in path.split("."):
+        name, is_list = part.removesuffix("[]"), part.endswith("[]")
+        node = node["properties"][name]
+        if is_list:
+            node = node["items"]
+    return node
+
+
+def test_scale_subresource_paths_exist(root: Schema, version: dict[str, Any]) -> None:
+    scale = version["subresources"]["scale"]
+    assert _node_at(root, scale["specReplicasPath"].strip(".").replace("$", ""))["type"] == "integer"
+    assert _node_at(root, scale["statusReplicasPath"].strip("."))["type"] == "integer"
+    # The scale subresource reads labelSelectorPath as a string (the serialised selector).
+    assert _node_at(root, scale["labelSelectorPath"].strip("."))["type"] == "string"
+
+
+# (path, map keys): lists whose items are keyed, so the API server refuses duplicates at apply time
+# (and server-side apply merges them by key instead of replacing them whole).
+KEYED_LISTS = [
+    ("spec.server.env", ["name"]),
+    ("status.conditions", ["type"]),
+    ("status.pods", ["name"]),
+]
+
+
+@pytest.mark.parametrize(("path", "keys"), KEYED_LISTS, ids=[p for p, _ in KEYED_LISTS])
+def test_keyed_lists_are_maps(root: Schema, path: str, keys: list[str]) -> None:
+    node = _node_at(root, path)
+    assert node["type"] == "array"
+    assert node["x-kubernetes-list-type"] == "map"
+    assert node["x-kubernetes-list-map-keys"] == keys
+    # A map key must be required (or defaulted) in every item, or the API server rejects the CRD.
+    assert set(keys) <= set(node["items"].get("required", []))
+
+
+def test_env_map_and_the_api_refuse_the_same_duplicates(spec_schema: Schema) -> None:
+    env = spec_schema["properties"]["server"]["properties"]["env"]
+    assert env["x-kubernetes-list-map-keys"] == ["name"]
+    spec = {"model": {"uri": "https://m/x"}, "resources": {"physicalCores": 1},
+            "server": {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}}
+    with pytest.raises(api.InvalidSpecError) as caught:
+        api.parse_spec(spec)
+    assert caught.value.field == "spec.server.env" and "duplicate name 'A'" in caught.value.message
 
 
 def _resolves(root: Schema, json_path: str) -> bool:
@@ -462,7 +515,8 @@ def test_status_schema(root: Schema) -> None:
     status = root["properties"]["status"]
     props = status["properties"]
     assert {"observedGeneration", "conditions", "placement", "replicas", "readyReplicas", "endpoints",
-            "pods", "benchmark"} <= set(props)  # fmt: skip
+            "pods", "benchmark", "selector"} <= set(props)  # fmt: skip
+    assert props["selector"]["type"] == "string"
     conditions = props["conditions"]
     assert conditions["x-kubernetes-list-type"] == "map"
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]
@@ -474,7 +528,10 @@ def test_status_schema(root: Schema) -> None:
     assert cond["properties"]["lastTransitionTime"]["format"] == "date-time"
     placement = props["placement"]["properties"]
     assert {"physicalCores", "cpuRequest", "threadsPerCore", "memory", "numa", "nodes", "topology",
-            "threads", "assumptions"} <= set(placement)  # fmt: skip
+            "threads", "assumptions", "planKey", "nodeClass"} <= set(placement)  # fmt: skip
+    expression = placement["nodeClass"]["properties"]["matchExpressions"]["items"]["properties"]
+    assert set(expression) == {"key", "operator", "values"}
+    assert placement["nodes"]["x-kubernetes-list-type"] == "set"
     assert placement["topology"]["properties"]["source"]["enum"] == ["agent", "capacity"]
     assert {"smt", "sockets", "numaNodes"} <= set(placement["topology"]["properties"])
     threads = {"omp", "intraOp", "interOp", "kmpAffinity", "kmpBlocktime", "bound", "capped"}
@@ -483,7 +540,7 @@ def test_status_schema(root: Schema) -> None:
     assert {"name", "node", "cpus", "qosClass", "physicalCores"} <= set(props["pods"]["items"]["properties"])
     bench = props["benchmark"]["properties"]
     assert {"generation", "completedAt", "jobName", "latencyMs", "requests", "throughput", "errors",
-            "protocol", "notes"} <= set(bench)  # fmt: skip
+            "protocol", "notes", "runKey", "specKey"} <= set(bench)  # fmt: skip
     latency_fields = {"p50", "p90", "p99", "mean", "max", "min", "stddev"}
     for latency in (bench["latencyMs"], bench["throughput"]["properties"]["latencyMs"]):
         assert set(latency["properties"]) == latency_fields
@@ -516,6 +573,7 @@ def _operator_statuses(
     ms = api.parse_modelserver(make_ms())
     agent_node = node_info(make_node("n1", topo(2, 8, 2)))
     capacity_node = node_info(make_node("n2", cpu="32"))
+    mixed = [node_info(make_node("n3", topo(1, 8, 1))), node_info(make_node("n4", topo(1, 8, 1)))]
     pod = {
         "metadata": {"name": "rfcn-abc", "annotations": {ANNOTATION_CPUS: "2-5,34-37"}},
         "spec": {"nodeName": "n1"},
@@ -532,7 +590,8 @@ def _operator_statuses(
     ready = Condition("Ready", "True", "Available", "1/1 replicas ready")
     statuses = []
     for node, message in ((agent_node, compact_summary(report).decode()), (capacity_node, None)):
-        placement = plan(ms.spec, [node], settings)
+        # With a class of other nodes beside it, the placement records match expressions in nodeClass.
+        placement = plan(ms.spec, [node, *mixed] if node is agent_node else [node], settings)
         job = {
             "metadata": {"name": "rfcn-bench-1", "labels": {LABEL_RUN_KEY: key}},
             "status": {"conditions": [
@@ -554,6 +613,7 @@ def _operator_statuses(
             "pods": [pod_view(pod).to_status({node.name: node})],
             "replicas": 1,
             "readyReplicas": 1,
+            "selector": selector_string(ms),
             "benchmark": decision.status,
         }
         statuses.append(

@@ -1,4 +1,5 @@
-"""drift.contains: is what we rendered still in the live object, whatever the API server added?"""
+"""drift: is what we rendered still in the live object, whatever the API server added (contains), and is it
+still what we render now (the desired hash, which catches removals)?"""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from pinserve.drift import contains
+from pinserve.drift import contains, desired_hash, in_sync, stamped
+from pinserve.render.common import ANNOTATION_DESIRED_HASH
 
 pytestmark = pytest.mark.unit
 
@@ -100,3 +102,98 @@ def test_a_live_deployment_with_server_fields_contains_what_we_rendered() -> Non
     assert contains(live, desired)
     live["spec"]["replicas"] = 3
     assert not contains(live, desired)
+
+
+# -- the desired hash: what leaves the rendering leaves the live object ----------------------------------
+
+DEPLOYMENT = {"apiVersion": "apps/v1", "kind": "Deployment",
+              "metadata": {"name": "m", "namespace": "ml", "labels": {"a": "b"}},
+              "spec": {"replicas": 1, "template": {"spec": {
+                  "nodeSelector": {"pool": "cpu"}, "containers": [CONTAINER]}}}}
+
+
+def _without(path: str) -> dict[str, Any]:
+    """DEPLOYMENT rendered without one field: env var B, the nodeSelector, or an arg."""
+    obj = copy.deepcopy(DEPLOYMENT)
+    pod = obj["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    if path == "env B":
+        container["env"] = [e for e in container["env"] if e["name"] != "B"]
+    elif path == "nodeSelector":
+        del pod["nodeSelector"]
+    elif path == "arg":
+        container["args"] = ["--a"]
+    elif path == "replicas 3":
+        obj["spec"]["replicas"] = 3
+    return obj
+
+
+def applied(desired: dict[str, Any], **meta: Any) -> dict[str, Any]:
+    """What the API server returns after applying ``desired``: our fields, plus its own."""
+    live = copy.deepcopy(desired)
+    live["metadata"].update(uid="u", resourceVersion="7", generation=2, **meta)
+    live["metadata"]["annotations"] = {**live["metadata"].get("annotations", {}),
+                                       "deployment.kubernetes.io/revision": "2"}
+    live["spec"]["template"]["spec"]["containers"] = [live_container(**{
+        k: v for k, v in desired["spec"]["template"]["spec"]["containers"][0].items() if k in ("env", "args")})]
+    live["status"] = {"replicas": 1}
+    return live
+
+
+HASH_CASES = [
+    # (id, rendered before, rendered now, in sync)
+    ("unchanged", DEPLOYMENT, DEPLOYMENT, True),
+    ("env var removed", DEPLOYMENT, _without("env B"), False),
+    ("nodeSelector removed", DEPLOYMENT, _without("nodeSelector"), False),
+    ("arg removed", DEPLOYMENT, _without("arg"), False),
+    ("replicas changed (an HPA through the scale subresource)", DEPLOYMENT, _without("replicas 3"), False),
+    ("env var added back", _without("env B"), DEPLOYMENT, False),
+]
+
+
+@pytest.mark.parametrize(("before", "now", "expected"), [c[1:] for c in HASH_CASES], ids=[c[0] for c in HASH_CASES])
+def test_in_sync_follows_the_desired_hash(before: dict[str, Any], now: dict[str, Any], expected: bool) -> None:
+    live = applied(stamped(before))
+    assert in_sync(live, stamped(now)) is expected
+
+
+def test_a_removal_is_invisible_to_the_subset_comparison_alone() -> None:
+    """Why the hash exists: the live object still holds the removed field, and contains() says fine."""
+    live = applied(stamped(DEPLOYMENT))
+    for path in ("env B", "nodeSelector"):
+        assert contains(live, _without(path))
+        assert not in_sync(live, stamped(_without(path)))
+
+
+def test_stamp_is_stable_and_ignores_an_old_stamp() -> None:
+    once = stamped(DEPLOYMENT)
+    assert stamped(once) == once == stamped(copy.deepcopy(DEPLOYMENT))
+    digest = desired_hash(once)
+    assert digest is not None and len(digest) == 16
+    assert once["metadata"]["annotations"] == {ANNOTATION_DESIRED_HASH: digest}
+    assert "annotations" not in DEPLOYMENT["metadata"]  # the input is not touched
+    with_annotations = copy.deepcopy(DEPLOYMENT)
+    with_annotations["metadata"]["annotations"] = {"x": "y"}
+    assert stamped(with_annotations)["metadata"]["annotations"]["x"] == "y"
+    assert desired_hash(stamped(with_annotations)) != digest
+
+
+@pytest.mark.parametrize(("live", "expected"), [
+    (None, False),  # missing: create it
+    ("no stamp", False),  # applied by an older operator: apply once more, with the stamp
+    ("stamp of another rendering", False),
+    ("hand edit under the same stamp", False),  # the subset comparison still catches edits by hand
+    ("same stamp", True),
+])
+def test_in_sync_table(live: str | None, expected: bool) -> None:
+    desired = stamped(DEPLOYMENT)
+    obj: dict[str, Any] | None = None
+    if live is not None:
+        obj = applied(desired)
+        if live == "no stamp":
+            del obj["metadata"]["annotations"][ANNOTATION_DESIRED_HASH]
+        elif live == "stamp of another rendering":
+            obj["metadata"]["annotations"][ANNOTATION_DESIRED_HASH] = "0" * 16
+        elif live == "hand edit under the same stamp":
+            obj["spec"]["template"]["spec"]["containers"][0]["image"] = "someone/else"
+    assert in_sync(obj, desired) is expected

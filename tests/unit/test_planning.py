@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from pinserve.api import parse_spec
+from pinserve.nodeclass import PlacementRecord, matches, plan_key
 from pinserve.planning import (
     KMP_AFFINITY_NO_SMT,
     KMP_AFFINITY_SMT,
@@ -444,3 +445,130 @@ def test_plan_threads_alone() -> None:
     threads, notes = plan_threads(spec(6), 2)
     assert (threads.omp, threads.intra_op, threads.inter_op) == (6, 6, 2)
     assert notes == ()
+
+
+# -- sticky placement: node churn re-plans nothing ------------------------------------------------------
+
+SMT, PLAIN = (1, 8, 2), (1, 8, 1)
+
+
+def _nodes(topo: TopoFactory, make_node: NodeFactory, *shapes: tuple[str, tuple[int, int, int] | None],
+           **labels: str) -> list[NodeInfo]:
+    """(name, (sockets, cores, threads)) nodes; None for a node without the agent (planned from capacity)."""
+    return [node_info(make_node(name, topo(*shape) if shape else None, cpu=None if shape else "16",
+                                labels=labels or None))
+            for name, shape in shapes]
+
+
+# (id, nodes when first planned, nodes now, threads per core now, roll expected, re-planned)
+CHURN = [
+    ("uniform: nodes of another class join and outnumber",
+     [("smt-a", SMT)], [("smt-a", SMT), ("plain-a", PLAIN), ("plain-b", PLAIN)], 2, False, False),
+    ("mixed: the minority class grows into the majority",
+     [("plain-a", PLAIN), ("plain-b", PLAIN), ("smt-a", SMT)],
+     [("plain-a", PLAIN), ("plain-b", PLAIN), ("smt-a", SMT), ("smt-b", SMT), ("smt-c", SMT)], 1, False, False),
+    ("mixed: the other class leaves",
+     [("plain-a", PLAIN), ("plain-b", PLAIN), ("smt-a", SMT)], [("plain-a", PLAIN), ("plain-b", PLAIN)],
+     1, False, False),
+    ("one node of the class is left",
+     [("smt-a", SMT), ("smt-b", SMT)], [("smt-b", SMT), ("plain-a", PLAIN), ("plain-b", PLAIN)], 2, False, False),
+    ("no node of the class is left: re-planned",
+     [("smt-a", SMT), ("smt-b", SMT), ("plain-a", PLAIN)], [("plain-a", PLAIN)], 1, True, True),
+    ("capacity nodes (no agent) beside the recorded class",
+     [("plain-a", PLAIN), ("plain-b", PLAIN), ("cap", None)],
+     [("plain-a", PLAIN), ("cap", None), ("cap-2", None), ("cap-3", None)], 1, False, False),
+]
+
+
+@pytest.mark.parametrize(("before", "after", "tpc", "rolls", "replanned"), [c[1:] for c in CHURN],
+                         ids=[c[0] for c in CHURN])
+def test_placement_sticks_through_node_churn(
+    topo: TopoFactory, make_node: NodeFactory, *, before: list[Any], after: list[Any], tpc: int, rolls: bool,
+    replanned: bool,
+) -> None:
+    wanted = spec(4, numa="Ignore")
+    first = plan(wanted, _nodes(topo, make_node, *before), SETTINGS)
+    record = PlacementRecord.from_status(first.to_status())
+    assert record is not None and record.threads_per_core == first.threads_per_core
+    again = plan(wanted, _nodes(topo, make_node, *after), SETTINGS, record)
+    assert again.threads_per_core == tpc
+    # What the pod template is made of: CPUs, threads and node affinity.
+    same_template = (again.cpu_request, again.threads, again.node_affinity) == (
+        first.cpu_request, first.threads, first.node_affinity)
+    assert same_template is not rolls
+    assert bool(again.replanned) is replanned
+    if replanned:
+        assert "no eligible node of the recorded class (2 thread(s) per core" in again.replanned
+    # Without the record the majority of the moment would decide (the old behaviour), except for a re-plan.
+    fresh = plan(wanted, _nodes(topo, make_node, *after), SETTINGS)
+    assert fresh.replanned == ""
+
+
+def test_a_spec_change_re_plans_by_majority(topo: TopoFactory, make_node: NodeFactory) -> None:
+    nodes = _nodes(topo, make_node, ("smt-a", SMT))
+    record = PlacementRecord.from_status(plan(spec(4), nodes, SETTINGS).to_status())
+    nodes += _nodes(topo, make_node, ("plain-a", PLAIN), ("plain-b", PLAIN))
+    assert plan(spec(4), nodes, SETTINGS, record).threads_per_core == 2  # same spec: sticks
+    changed = plan(spec(2), nodes, SETTINGS, record)  # spec.resources changed: the record's key differs
+    assert changed.threads_per_core == 1 and changed.replanned == ""
+    # Fields planning does not read keep the key: a change of replicas (an HPA) or env keeps the class.
+    assert plan_key(spec(4)) == plan_key(parse_spec({**spec(4).to_wire(), "replicas": 7,
+                                                     "server": {"env": [{"name": "A", "value": "1"}]}}))
+    assert plan_key(spec(4)) != plan_key(spec(4, numa="Require"))
+    assert plan_key(spec(4)) != plan_key(spec(4, placement={"nodeSelector": {"pool": "x"}}))
+
+
+def test_recorded_match_expressions_are_kept_and_honoured(topo: TopoFactory, make_node: NodeFactory) -> None:
+    mixed = _nodes(topo, make_node, ("smt-a", SMT), ("smt-b", SMT), ("plain-a", PLAIN))
+    first = plan(spec(4, numa="Ignore"), mixed, SETTINGS)
+    assert first.node_class == ({"key": LABEL_THREADS_PER_CORE, "operator": "In", "values": ["2"]},)
+    record = PlacementRecord.from_status(first.to_status())
+    assert record is not None
+    # The other class leaves: a fresh plan would drop the term (and roll); the record keeps it.
+    alone = _nodes(topo, make_node, ("smt-a", SMT))
+    assert plan(spec(4, numa="Ignore"), alone, SETTINGS).node_affinity is None
+    kept = plan(spec(4, numa="Ignore"), alone, SETTINGS, record)
+    assert kept.node_affinity == first.node_affinity and kept.node_class == first.node_class
+    # A node with the right threads per core but outside the recorded expressions does not count.
+    unlabelled = _nodes(topo, make_node, ("cap", None))
+    assert unlabelled[0].labels.get(LABEL_THREADS_PER_CORE) is None
+    record_2 = PlacementRecord(record.plan_key, 1, record.match_expressions)
+    replanned = plan(spec(4, numa="Ignore"), unlabelled, SETTINGS, record_2)
+    assert replanned.replanned and replanned.node_class == ()
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    (None, None),
+    ({}, None),
+    ({"threadsPerCore": 2}, None),  # written by an operator without sticky placement
+    ({"planKey": "k", "threadsPerCore": 2}, None),
+    ({"planKey": "k", "threadsPerCore": "2", "nodeClass": {}}, None),
+    ({"planKey": "k", "threadsPerCore": True, "nodeClass": {}}, None),
+    ({"planKey": "k", "threadsPerCore": 0, "nodeClass": {}}, None),
+    ({"planKey": "", "threadsPerCore": 2, "nodeClass": {}}, None),
+    ({"planKey": "k", "threadsPerCore": 2, "nodeClass": {"matchExpressions": "x"}}, None),
+    ({"planKey": "k", "threadsPerCore": 2, "nodeClass": {"matchExpressions": [{"operator": "In"}]}}, None),
+    ({"planKey": "k", "threadsPerCore": 2, "nodeClass": {}}, PlacementRecord("k", 2, ())),
+    ({"planKey": "k", "threadsPerCore": 1, "nodeClass": {"matchExpressions": [
+        {"key": LABEL_THREADS_PER_CORE, "operator": "NotIn", "values": ["2"]}]}},
+     PlacementRecord("k", 1, ({"key": LABEL_THREADS_PER_CORE, "operator": "NotIn", "values": ["2"]},))),
+])
+def test_placement_record_from_status(status: Any, expected: PlacementRecord | None) -> None:
+    assert PlacementRecord.from_status(status) == expected
+
+
+@pytest.mark.parametrize(("labels", "expressions", "expected"), [
+    ({}, [], True),
+    ({"t": "2"}, [{"key": "t", "operator": "In", "values": ["2"]}], True),
+    ({"t": "1"}, [{"key": "t", "operator": "In", "values": ["2"]}], False),
+    ({}, [{"key": "t", "operator": "In", "values": ["2"]}], False),
+    ({}, [{"key": "t", "operator": "NotIn", "values": ["2"]}], True),  # NotIn matches unlabelled nodes
+    ({"t": "2"}, [{"key": "t", "operator": "NotIn", "values": ["2", "4"]}], False),
+    ({"t": "1"}, [{"key": "t", "operator": "Exists"}], True),
+    ({}, [{"key": "t", "operator": "Exists"}], False),
+    ({"t": "1"}, [{"key": "t", "operator": "DoesNotExist"}], False),
+    ({"t": "1", "u": "x"}, [{"key": "t", "operator": "In", "values": ["1"]},
+                            {"key": "u", "operator": "In", "values": ["y"]}], False),  # expressions are ANDed
+])
+def test_matches(labels: dict[str, str], expressions: list[dict[str, Any]], expected: bool) -> None:
+    assert matches(labels, expressions) is expected

@@ -19,8 +19,8 @@ from pinserve.benchflow import ANNOTATION_REQUESTED
 from pinserve.pinning import ANNOTATION_CPUS, ANNOTATION_CPUS_SOURCE
 from pinserve.planning import NodeInfo, node_info
 from pinserve.quantity import memory_bytes
-from pinserve.reconcile import Observed, Outcome, out_of_sync, reconcile
-from pinserve.render.common import LABEL_MODELSERVER
+from pinserve.reconcile import Observed, Outcome, out_of_sync, reconcile, rollout_pending
+from pinserve.render.common import ANNOTATION_DESIRED_HASH, LABEL_MODELSERVER
 from pinserve.render.job import LABEL_RUN_KEY
 from pinserve.settings import Settings
 from pinserve.status import status_patch
@@ -454,3 +454,214 @@ def test_benchmark_on_demand_and_clean_up(cluster: FakeCluster) -> None:
     jobs = [name for kind, name in cluster.children if kind == "Job"]
     # keep_bench_jobs=2: the current run's Job and the newest one before it.
     assert len(jobs) == SETTINGS.keep_bench_jobs
+
+
+# -- what leaves the spec leaves the children (issue 10, item 3) -------------------------------------------
+
+
+def _live_server(cluster: FakeCluster) -> dict[str, Any]:
+    return cluster.deployment()["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+REMOVALS = [
+    # (id, field added to the spec, then removed; where it shows in the live children)
+    ("env var", lambda s: s.update(server={"env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]}),
+     lambda s: s.update(server={"env": [{"name": "A", "value": "1"}]}),
+     lambda c: [e["name"] for e in _live_server(c)["env"] if e["name"] in ("A", "B")], ["A", "B"], ["A"]),
+    ("nodeSelector", lambda s: s.update(placement={"nodeSelector": {"pool": "cpu"}}),
+     lambda s: s.update(placement={}),
+     lambda c: c.deployment()["spec"]["template"]["spec"].get("nodeSelector"), {"pool": "cpu"}, None),
+    ("server arg", lambda s: s.update(server={"args": ["--a", "--b"]}), lambda s: s.update(server={"args": ["--a"]}),
+     lambda c: _live_server(c).get("args"), ["--a", "--b"], ["--a"]),
+    ("toleration", lambda s: s.update(placement={"tolerations": [{"key": "k", "operator": "Exists"}]}),
+     lambda s: s.update(placement={}),
+     lambda c: c.deployment()["spec"]["template"]["spec"].get("tolerations"), [{"key": "k", "operator": "Exists"}],
+     None),
+    ("batching", lambda s: s.update(server={"batching": {"maxBatchSize": 4}}), lambda s: s.update(server={}),
+     lambda c: "batching.pbtxt" in c.children[("ConfigMap", "rfcn-serving")]["data"], True, False),
+    ("credentials secret", lambda s: s["model"].update(credentialsSecret="s3"), lambda s: s["model"].pop(
+        "credentialsSecret"), lambda c: c.deployment()["spec"]["template"]["spec"]["initContainers"][0].get("envFrom"),
+     [{"secretRef": {"name": "s3"}}], None),
+]
+
+
+@pytest.mark.parametrize(("add", "remove", "seen", "before", "after"), [r[1:] for r in REMOVALS],
+                         ids=[r[0] for r in REMOVALS])
+def test_a_field_removed_from_the_spec_leaves_the_children(
+    make_ms: Callable[..., dict[str, Any]], topo: Callable[..., Any], make_node: Callable[..., dict[str, Any]], *,
+    add: Callable[[dict[str, Any]], None], remove: Callable[[dict[str, Any]], None],
+    seen: Callable[[FakeCluster], Any], before: Any, after: Any,
+) -> None:
+    body = make_ms()
+    add(body["spec"])
+    nodes = [node_info(make_node("smt-1", topo(2, 8, 2), labels={"pool": "cpu"}))]
+    cluster = FakeCluster(body, nodes)
+    cluster.step()
+    cluster.roll_out(1)
+    cluster.step()
+    assert seen(cluster) == before
+    remove(cluster.body["spec"])
+    cluster.body["metadata"]["generation"] = 2
+    outcome = cluster.step()
+    assert "Deployment" in {o["kind"] for o in outcome.apply}
+    # FakeCluster keeps what was applied, as server-side apply does with the fields its manager stops sending.
+    assert seen(cluster) == after
+    assert cluster.step().apply == []  # and then it is steady: no write per resync
+
+
+def test_children_applied_by_an_older_operator_are_stamped_once(cluster: FakeCluster) -> None:
+    cluster.step()
+    cluster.roll_out(1)
+    for child in cluster.children.values():
+        child["metadata"].pop("annotations", None)  # no desired-hash annotation yet
+    restamp = cluster.step()
+    assert sorted(o["kind"] for o in restamp.apply) == ["ConfigMap", "Deployment", "Service"]
+    assert all(ANNOTATION_DESIRED_HASH in o["metadata"]["annotations"] for o in restamp.apply)
+    cluster.roll_out(1)
+    cluster.step()
+    assert cluster.step().apply == []
+
+
+# -- node churn rolls nothing (item 4) -------------------------------------------------------------------
+
+
+def test_node_churn_rolls_nothing_until_no_node_of_the_class_is_left(
+    cluster: FakeCluster, topo: Callable[..., Any], make_node: Callable[..., dict[str, Any]],
+) -> None:
+    cluster.step()
+    cluster.roll_out(1, cpus=["0-3,16-19"])
+    cluster.step()
+    applied_template = copy.deepcopy(cluster.deployment()["spec"]["template"])
+    assert cluster.body["status"]["placement"]["threadsPerCore"] == 2
+    plain = [node_info(make_node(f"plain-{i}", topo(2, 8, 1))) for i in range(3)]
+    # Three non-SMT nodes join and outnumber the SMT ones: by majority the plan would flip to them.
+    cluster.nodes = [*cluster.nodes, *plain]
+    joined = cluster.step()
+    assert [o["kind"] for o in joined.apply] == []
+    assert cluster.deployment()["spec"]["template"] == applied_template
+    assert cluster.body["status"]["placement"]["threadsPerCore"] == 2
+    assert conditions(joined.status)["Ready"] == ("True", "Available")
+    # One SMT node leaves: one is left, still nothing rolls.
+    cluster.nodes = [n for n in cluster.nodes if n.name != "smt-2"]
+    assert cluster.step().apply == []
+    # The last one leaves: re-planned for the nodes that are left, said in the Placed message and an Event.
+    cluster.nodes = plain
+    replanned = cluster.step()
+    assert [o["kind"] for o in replanned.apply] == ["Deployment"]
+    assert cluster.body["status"]["placement"]["threadsPerCore"] == 1
+    assert _live_server(cluster)["resources"]["limits"]["cpu"] == "4"
+    placed = next(c for c in replanned.status["conditions"] if c["type"] == "Placed")
+    assert "re-planned: no eligible node of the recorded class (2 thread(s) per core" in placed["message"]
+    assert [(e.type, e.reason) for e in replanned.events if e.reason == "Replanned"] == [("Warning", "Replanned")]
+    # ... once: the new record sticks.
+    cluster.roll_out(1)
+    again = cluster.step()
+    assert again.apply == [] and not [e for e in again.events if e.reason == "Replanned"]
+
+
+def test_a_spec_change_re_plans_the_class(cluster: FakeCluster, topo: Callable[..., Any],
+                                          make_node: Callable[..., dict[str, Any]]) -> None:
+    cluster.step()
+    cluster.roll_out(1)
+    cluster.step()  # Ready: the benchmark Job starts
+    cluster.nodes = [*cluster.nodes, *[node_info(make_node(f"plain-{i}", topo(2, 8, 1))) for i in range(3)]]
+    assert cluster.step().apply == []
+    cluster.body["spec"]["resources"]["physicalCores"] = 2
+    cluster.body["metadata"]["generation"] = 2
+    changed = cluster.step()
+    assert "Deployment" in [o["kind"] for o in changed.apply]
+    assert changed.status["placement"]["threadsPerCore"] == 1  # the majority of the moment, for the new spec
+    assert not [e for e in changed.events if e.reason == "Replanned"]
+
+
+# -- Ready only once the current revision is fully rolled out (item 5) -------------------------------------
+
+
+def _deployment_with(status: dict[str, Any], *, generation: int = 2, replicas: int = 2) -> dict[str, Any]:
+    return {"metadata": {"name": "rfcn", "generation": generation}, "spec": {"replicas": replicas},
+            "status": status}
+
+
+ROLLOUTS = [
+    # (id, deployment status, expected (reason, message) or None when fully rolled out)
+    ("complete", {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2,
+                  "availableReplicas": 2}, None),
+    ("controller behind", {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2,
+                           "availableReplicas": 2}, ("RollingOut", "has not observed generation 2")),
+    ("old and new both ready", {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1, "readyReplicas": 3,
+                                "availableReplicas": 3}, ("RollingOut", "1/2 replicas run the current revision, "
+                                                                        "2 old replica(s) still running")),
+    ("new all up, one old terminating", {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 2,
+                                         "readyReplicas": 2, "availableReplicas": 2},
+     ("RollingOut", "1 old replica(s) still running")),
+    ("not all updated yet", {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1,
+                             "availableReplicas": 1}, ("PodsNotReady", "1/2 replicas ready")),
+    ("updated but not available", {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
+                                   "readyReplicas": 1, "availableReplicas": 1}, ("PodsNotReady", "1/2 replicas ready")),
+    ("scaling down (kubectl's rule: complete)", {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3,
+                                                 "readyReplicas": 3, "availableReplicas": 3}, None),
+    ("empty status", {}, ("RollingOut", "has not observed generation 2")),
+]
+
+
+@pytest.mark.parametrize(("status", "expected"), [r[1:] for r in ROLLOUTS], ids=[r[0] for r in ROLLOUTS])
+def test_rollout_pending(status: dict[str, Any], expected: tuple[str, str] | None) -> None:
+    got = rollout_pending(_deployment_with(status), 2)
+    if expected is None:
+        assert got is None
+    else:
+        assert got is not None and got[0] == expected[0] and expected[1] in got[1]
+
+
+def test_mid_rollout_is_not_ready_and_starts_no_benchmark(cluster: FakeCluster) -> None:
+    cluster.step()
+    # A new revision is rolling: the old pod and the surge pod are both ready.
+    cluster.deployment()["metadata"]["generation"] = 2
+    cluster.deployment()["status"] = {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1,
+                                      "readyReplicas": 2, "availableReplicas": 2}
+    cluster.pods = [_pod("rfcn-old-0", "smt-1", "0-3,16-19"), _pod("rfcn-new-0", "smt-2", "0-3,16-19")]
+    mid = cluster.step()
+    assert conditions(mid.status)["Ready"] == ("False", "RollingOut")
+    assert conditions(mid.status)["Benchmarked"] == ("Unknown", "WaitingForReady")
+    assert not [o for o in mid.apply if o["kind"] == "Job"]
+    # The old pod is gone: fully rolled out, Ready, and only now the benchmark starts.
+    cluster.deployment()["status"] = {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1,
+                                      "readyReplicas": 1, "availableReplicas": 1}
+    cluster.pods = cluster.pods[1:]
+    done = cluster.step()
+    assert conditions(done.status)["Ready"] == ("True", "Available")
+    assert [o["kind"] for o in done.apply] == ["Job"]
+
+
+# -- autoscaling: the scale subresource and an HPA (item 10) -----------------------------------------------
+
+
+def test_status_selector_finds_the_server_pods(cluster: FakeCluster) -> None:
+    outcome = cluster.step()
+    selector = dict(term.split("=") for term in outcome.status["selector"].split(","))
+    assert selector == cluster.deployment()["spec"]["selector"]["matchLabels"]
+    assert selector == {LABEL_MODELSERVER: "rfcn", "app.kubernetes.io/component": "server"}
+
+
+def test_an_hpa_scaling_spec_replicas_drives_the_deployment_and_nothing_resets_it(cluster: FakeCluster) -> None:
+    cluster.step()
+    cluster.roll_out(1, cpus=["0-3,16-19"])
+    cluster.step()
+    cluster.finish_job("rfcn-bench-1", json.dumps(REPORT))
+    cluster.step()
+    placement = copy.deepcopy(cluster.body["status"]["placement"])
+    # The HPA writes spec.replicas through the scale subresource: a new generation.
+    cluster.body["spec"]["replicas"] = 3
+    cluster.body["metadata"]["generation"] = 2
+    scaled = cluster.step()
+    assert [o["kind"] for o in scaled.apply] == ["Deployment"]
+    assert cluster.deployment()["spec"]["replicas"] == 3
+    assert cluster.body["status"]["placement"] == placement
+    cluster.roll_out(3)
+    settled = cluster.step()
+    assert conditions(settled.status)["Ready"] == ("True", "Available")
+    # The figures measured the same spec: no benchmark per scaling step.
+    assert settled.apply == [] and conditions(settled.status)["Benchmarked"] == ("True", "Measured")
+    for _ in range(3):  # resyncs keep the HPA's count
+        assert cluster.step().apply == []
+    assert cluster.deployment()["spec"]["replicas"] == 3

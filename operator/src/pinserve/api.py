@@ -131,6 +131,18 @@ class ServerSpec(_Model):
     args: list[str] = Field(default_factory=list)
     env: list[EnvVar] = Field(default_factory=list)
 
+    @field_validator("env")
+    @classmethod
+    def _unique_names(cls, env: list[EnvVar]) -> list[EnvVar]:
+        # A map keyed by name (as in the CRD): duplicates would break server-side apply of the Deployment.
+        first: dict[str, int] = {}
+        for index, var in enumerate(env):
+            if var.name in first:
+                raise ValueError(f"duplicate name {var.name!r} (entries {first[var.name]} and {index}); "
+                                 "each variable may be set once")
+            first[var.name] = index
+        return env
+
 
 class Resources(_Model):
     physical_cores: int = Field(ge=1, le=512)

@@ -1,8 +1,11 @@
 """Pure benchmark bookkeeping: when to start a benchmark Job, how to read its report.
 
 One benchmark per spec generation (and per on-demand request, via the annotation
-``pinserve.io/benchmark-requested``).  Failed attempts are retried a bounded number of
-times as new Jobs; the report travels in the bench container's termination message.
+``pinserve.io/benchmark-requested``), started only once the current revision is fully rolled out
+(Ready=True).  A generation that changed nothing but spec.replicas (what an HPA writes through the
+scale subresource) keeps the figures: status.benchmark.specKey says which spec they measured.
+Failed attempts are retried a bounded number of times as new Jobs; the report travels in the
+bench container's termination message.
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ def run_key(ms: ModelServer) -> str:
     if not requested:
         return str(ms.ref.generation)
     return f"{ms.ref.generation}-{hashlib.sha256(requested.encode()).hexdigest()[:6]}"
+
+
+def spec_key(ms: ModelServer) -> str:
+    """What a benchmark measures: the spec without replicas, and the on-demand request if any."""
+    spec = {k: v for k, v in ms.spec.to_wire().items() if k != "replicas"}
+    data = {"spec": spec, "requested": ms.annotations.get(ANNOTATION_REQUESTED, "")}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def _job_state(job: Mapping[str, Any]) -> str:
@@ -165,7 +175,7 @@ def evaluate(
         return BenchDecision(Condition("Benchmarked", "False", "Disabled", "spec.benchmark.enabled is false"))
     key = run_key(ms)
     cleanup = _cleanup(jobs, settings.keep_bench_jobs, key)
-    if current and current.get("runKey") == key:
+    if current and (current.get("runKey") == key or current.get("specKey") == spec_key(ms)):
         done = "error" not in current
         return BenchDecision(
             Condition("Benchmarked", "True" if done else "False",
@@ -178,8 +188,10 @@ def evaluate(
         return BenchDecision(Condition("Benchmarked", "Unknown", "ScaledToZero",
                                        "the benchmark runs once spec.replicas is above 0"), delete=cleanup)
     if ready.status != "True":
+        # Ready=True only once the current revision is fully rolled out: never measure a mix of revisions.
         return BenchDecision(Condition("Benchmarked", "Unknown", "WaitingForReady",
-                                       "the benchmark runs once the server is Ready"), delete=cleanup)
+                                       "the benchmark runs once the current revision is rolled out and Ready"),
+                             delete=cleanup)
     mine = sorted(
         (j for j in jobs if ((j.get("metadata") or {}).get("labels") or {}).get(LABEL_RUN_KEY) == key),
         key=lambda j: str(j["metadata"]["name"]),
@@ -200,7 +212,7 @@ def evaluate(
         # The Job's status can arrive before its pod's: wait for the pod and its report.
         return BenchDecision(Condition("Benchmarked", "Unknown", "Running", f"job {name} finished; reading its report"),
                              delete=cleanup)
-    base = {"generation": ms.ref.generation, "runKey": key, "jobName": name,
+    base = {"generation": ms.ref.generation, "runKey": key, "specKey": spec_key(ms), "jobName": name,
             "completedAt": _completed_at(last), "protocol": bench.protocol}
     try:
         if message is None:

@@ -1,16 +1,23 @@
-"""Is a live object still what we applied?  A pure, tolerant subset comparison.
+"""Is a live object still what we want?  Two pure checks, both needed.
 
-The API server adds defaults and other controllers add fields, so "in sync" means every
-field we render is present in the live object with our value.  Lists of named items
-(containers, env, ports, volumes) are matched by name, other lists position by position.
+1. The desired hash: every applied child carries ``pinserve.io/desired-hash``, the hash of the whole object
+   we rendered.  When the rendering changes (a field added, changed *or removed*) the hash changes and the
+   object is applied again; server-side apply under the same field manager then drops the fields we stopped
+   sending.  A subset comparison alone never notices a removal.
+2. A tolerant subset comparison against the live object, for edits made by hand.  The API server adds
+   defaults and other controllers add fields, so "in sync" means every field we render is present in the
+   live object with our value.  Lists of named items (containers, env, ports, volumes) are matched by
+   name, other lists position by position.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pinserve.quantity import parse_quantity
+from pinserve.render.common import ANNOTATION_DESIRED_HASH, content_hash
 
 # Values the API server normalises: compare them as the server writes them.
 _SERVER_NORMALISED = {"defaultMode"}
@@ -64,4 +71,31 @@ def contains(live: Any, desired: Any) -> bool:
 def _contains_field(key: str, live: Any, desired: Any) -> bool:
     if key in _QUANTITY_MAPS and isinstance(desired, Mapping) and isinstance(live, Mapping):
         return all(name in live and _same_quantity(live[name], value) for name, value in desired.items())
+    return contains(live, desired)
+
+
+def stamped(desired: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``desired`` annotated with the hash of itself (without that annotation)."""
+    obj = copy.deepcopy(dict(desired))
+    meta = obj.setdefault("metadata", {})
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != ANNOTATION_DESIRED_HASH}
+    if annotations:
+        meta["annotations"] = annotations
+    else:
+        meta.pop("annotations", None)
+    digest = content_hash(obj)
+    meta["annotations"] = {**annotations, ANNOTATION_DESIRED_HASH: digest}
+    return obj
+
+
+def desired_hash(obj: Mapping[str, Any]) -> str | None:
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_DESIRED_HASH)
+
+
+def in_sync(live: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    """``desired`` (stamped) was applied as it is now and nobody has edited our fields since."""
+    if live is None:
+        return False
+    if desired_hash(desired) is not None and desired_hash(live) != desired_hash(desired):
+        return False
     return contains(live, desired)

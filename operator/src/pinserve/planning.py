@@ -3,6 +3,11 @@
 A Placement fixes what every replica asks for (whole CPUs covering whole physical
 cores), the thread settings that match those cores, and the node affinity that keeps
 replicas on nodes whose topology can hold them.  Nothing here talks to the API server.
+
+A placement is sticky: status.placement records the node class it chose (threads per core and
+the match expressions that select such nodes) with a key of the spec fields planning reads.
+While that key is unchanged and some eligible node of the class remains, ``plan`` keeps the
+class, so nodes of another class joining or leaving re-render (and roll) nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pinserve.api import ModelServerSpec, NumaPolicy
+from pinserve.nodeclass import LABEL_THREADS_PER_CORE as LABEL_THREADS_PER_CORE  # noqa: PLC0414 (re-export)
+from pinserve.nodeclass import PlacementRecord, class_expressions, matches, plan_key
 from pinserve.quantity import memory_bytes, whole_cpus
 from pinserve.settings import Settings
 from pinserve.threadcap import ThreadBound, bound_threads
@@ -20,7 +27,6 @@ from pinserve.topology.model import Topology
 
 TOPOLOGY_ANNOTATION = "pinserve.io/cpu-topology"
 LABEL_POLICY = "pinserve.io/cpu-manager-policy"
-LABEL_THREADS_PER_CORE = "pinserve.io/threads-per-core"
 LABEL_CORES_PER_NUMA = "pinserve.io/cores-per-numa"
 
 KMP_AFFINITY_SMT = "granularity=fine,compact,1,0"
@@ -119,9 +125,16 @@ class Placement:
     node_affinity: Mapping[str, Any] | None
     representative: Mapping[str, Any]
     assumptions: tuple[str, ...] = ()
+    # The node class (threads-per-core match expressions) the pod template selects; recorded in status.
+    node_class: tuple[Mapping[str, Any], ...] = ()
+    plan_key: str = ""
+    # Why a recorded placement was given up (no eligible node of its class left); empty otherwise.
+    replanned: str = ""
 
     def to_status(self) -> dict[str, Any]:
         return {
+            "planKey": self.plan_key,
+            "nodeClass": {"matchExpressions": [dict(e) for e in self.node_class]},
             "physicalCores": self.physical_cores,
             "cpuRequest": self.cpu_request,
             "threadsPerCore": self.threads_per_core,
@@ -218,17 +231,8 @@ def _choose_group(fits: Sequence[_Fit]) -> tuple[int, list[_Fit]]:
     return tpc, groups[tpc]
 
 
-def _node_affinity(
-    tpc: int, chosen: Sequence[_Fit], other_tpcs: Iterable[int], spec: ModelServerSpec
-) -> dict[str, Any] | None:
-    required: list[dict[str, Any]] = []
-    others = sorted(str(t) for t in other_tpcs)
-    if others:
-        if all(f.source == "agent" for f in chosen):
-            required.append({"key": LABEL_THREADS_PER_CORE, "operator": "In", "values": [str(tpc)]})
-        else:
-            # NotIn also matches nodes without the label, i.e. those planned from capacity.
-            required.append({"key": LABEL_THREADS_PER_CORE, "operator": "NotIn", "values": others})
+def _node_affinity(class_expressions: Sequence[Mapping[str, Any]], spec: ModelServerSpec) -> dict[str, Any] | None:
+    required: list[dict[str, Any]] = [dict(e) for e in class_expressions]
     cores = spec.resources.physical_cores
     numa_expr = {"key": LABEL_CORES_PER_NUMA, "operator": "Gt", "values": [str(cores - 1)]}
     affinity: dict[str, Any] = {}
@@ -296,8 +300,14 @@ def _representative(fit: _Fit) -> dict[str, Any]:
     return summary
 
 
-def plan(spec: ModelServerSpec, nodes: Iterable[NodeInfo], settings: Settings) -> Placement:
-    """Plan one replica's resources and threads; raise PlanError when no node can hold it."""
+def plan(
+    spec: ModelServerSpec, nodes: Iterable[NodeInfo], settings: Settings, previous: PlacementRecord | None = None
+) -> Placement:
+    """Plan one replica's resources and threads; raise PlanError when no node can hold it.
+
+    ``previous`` (from status) is kept while the spec's plan key is unchanged and some eligible
+    node of its class remains; otherwise the class is chosen afresh by majority.
+    """
     nodes = sorted(nodes, key=lambda n: n.name)
     if not nodes:
         raise PlanError("NoNodes", "the cluster has no nodes to place replicas on", "spec.placement")
@@ -318,7 +328,21 @@ def plan(spec: ModelServerSpec, nodes: Iterable[NodeInfo], settings: Settings) -
             f"(spec.resources): {shown}",
             "spec.resources.physicalCores",
         )
-    tpc, chosen = _choose_group(fits)
+    key = plan_key(spec)
+    replanned = ""
+    kept: list[_Fit] = []
+    if previous is not None and previous.plan_key == key:
+        kept = [f for f in fits if f.threads_per_core == previous.threads_per_core
+                and matches(f.node.labels, previous.match_expressions)]
+        if not kept:
+            replanned = f"no eligible node of the recorded class ({previous.describe()}) is left"
+    if previous is not None and kept:
+        tpc, chosen = previous.threads_per_core, kept
+        node_class = [dict(e) for e in previous.match_expressions]
+    else:
+        tpc, chosen = _choose_group(fits)
+        node_class = class_expressions(tpc, all(f.source == "agent" for f in chosen),
+                                       {f.threads_per_core for f in fits} - {tpc})
     other_tpcs = {f.threads_per_core for f in fits} - {tpc}
     threads, notes = plan_threads(spec, tpc)
     threads, shared = bound_threads(threads, [f.node for f in chosen], cores * tpc)
@@ -331,10 +355,15 @@ def plan(spec: ModelServerSpec, nodes: Iterable[NodeInfo], settings: Settings) -
             f"no CPU topology published for {listed} (is the pinserve agent running?"
             f"{' ' + '; '.join(sorted(why)) if why else ''}); assumed {tpc} thread(s) per core"
         )
-    if other_tpcs:
+    if other_tpcs and node_class:
         assumptions.append(
             f"nodes with {', '.join(map(str, sorted(other_tpcs)))} threads per core are excluded so that "
             f"every replica gets whole cores with {cores * tpc} CPUs"
+        )
+    elif other_tpcs:
+        assumptions.append(
+            f"nodes with {', '.join(map(str, sorted(other_tpcs)))} threads per core joined after this spec was "
+            f"planned for {tpc}; the pod template keeps its placement until the spec changes"
         )
     source: TopologySource = "agent" if not capacity_nodes else "capacity"
     return Placement(
@@ -346,7 +375,10 @@ def plan(spec: ModelServerSpec, nodes: Iterable[NodeInfo], settings: Settings) -
         numa=spec.placement.numa,
         topology_source=source,
         candidate_nodes=tuple(f.node.name for f in chosen),
-        node_affinity=_node_affinity(tpc, chosen, other_tpcs, spec),
+        node_affinity=_node_affinity(node_class, spec),
         representative=_representative(chosen[0]),
         assumptions=tuple(assumptions),
+        node_class=tuple(node_class),
+        plan_key=key,
+        replanned=replanned,
     )

@@ -12,10 +12,12 @@ from typing import Any
 
 from pinserve import benchflow
 from pinserve.api import InvalidSpecError, ModelServer, parse_modelserver
-from pinserve.drift import contains
-from pinserve.pinning import PodView, pinned_condition, pod_view
+from pinserve.drift import in_sync, stamped
+from pinserve.nodeclass import PlacementRecord
+from pinserve.pinning import pinned_condition, pod_view
 from pinserve.planning import NodeInfo, Placement, PlanError, plan
 from pinserve.render import render_children
+from pinserve.render.common import selector_string
 from pinserve.render.service import endpoints
 from pinserve.settings import Settings
 from pinserve.status import Condition, desired_status
@@ -49,35 +51,53 @@ class Outcome:
 
 
 def out_of_sync(desired: Sequence[Mapping[str, Any]], observed: Observed) -> list[dict[str, Any]]:
-    stale = []
-    for obj in desired:
-        live = observed.children.get((obj["kind"], obj["metadata"]["name"]))
-        if live is None or not contains(live, obj):
-            stale.append(dict(obj))
-    return stale
+    """The desired (stamped) objects to apply: missing, rendered differently since the last apply, or edited."""
+    return [dict(obj) for obj in desired
+            if not in_sync(observed.children.get((obj["kind"], obj["metadata"]["name"])), obj)]
 
 
-def _deployment_ready(
-    ms: ModelServer, deployment: Mapping[str, Any] | None, rolling: bool, pods: Sequence[PodView],
-    raw_pods: Sequence[Mapping[str, Any]],
-) -> Condition:
-    want = ms.spec.replicas
+def rollout_pending(deployment: Mapping[str, Any], want: int) -> tuple[str, str] | None:
+    """(reason, message) while the current revision is not fully rolled out, else None.
+
+    kubectl rollout status's rule: the controller has observed the current generation, every replica
+    runs the current revision (updatedReplicas >= spec.replicas), no old replica is left
+    (replicas <= updatedReplicas) and every updated replica is available.
+    """
+    status = deployment.get("status") or {}
+    generation = int((deployment.get("metadata") or {}).get("generation") or 0)
+    observed = int(status.get("observedGeneration") or 0)
+    if observed < generation:
+        return "RollingOut", f"the Deployment controller has not observed generation {generation} yet"
+    total, updated = int(status.get("replicas") or 0), int(status.get("updatedReplicas") or 0)
+    available, ready = int(status.get("availableReplicas") or 0), int(status.get("readyReplicas") or 0)
+    if total > updated:
+        return "RollingOut", (f"{updated}/{want} replicas run the current revision, "
+                              f"{total - updated} old replica(s) still running")
+    if updated < want or available < updated:
+        return "PodsNotReady", f"{ready}/{want} replicas ready"
+    return None
+
+
+def _deployment_ready(ms: ModelServer, deployment: Mapping[str, Any] | None, rolling: bool,
+                      raw_pods: Sequence[Mapping[str, Any]]) -> Condition:
     if deployment is None:
         return Condition("Ready", "False", "Deploying", "creating the serving Deployment")
-    status = deployment.get("status") or {}
-    ready = int(status.get("readyReplicas") or 0)
     if rolling:
-        return Condition("Ready", "False", "RollingOut", "applying a new revision of the Deployment")
+        return Condition("Ready", "False", "RollingOut", "applying the changed Deployment")
+    want = int((deployment.get("spec") or {}).get("replicas", ms.spec.replicas))
+    pending = rollout_pending(deployment, want)
     if want == 0:
-        return Condition("Ready", "True", "ScaledToZero", "spec.replicas is 0")
-    problem = _pod_problem(raw_pods)
-    generation = (deployment.get("metadata") or {}).get("generation", 0)
-    if int(status.get("observedGeneration") or 0) < int(generation):
-        return Condition("Ready", "False", "RollingOut", "the Deployment controller has not caught up yet")
-    if ready >= want and int(status.get("updatedReplicas") or 0) >= want:
+        if pending is None:
+            return Condition("Ready", "True", "ScaledToZero", "spec.replicas is 0")
+        return Condition("Ready", "False", *pending)
+    ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+    if pending is None and ready >= want:
         return Condition("Ready", "True", "Available", f"{ready}/{want} replicas ready")
+    problem = _pod_problem(raw_pods)
     if problem is not None:
         return problem
+    if pending is not None:
+        return Condition("Ready", "False", *pending)
     return Condition("Ready", "False", "PodsNotReady", f"{ready}/{want} replicas ready")
 
 
@@ -153,27 +173,36 @@ def reconcile(
     fields: dict[str, Any] = {
         "replicas": int(((deployment or {}).get("status") or {}).get("replicas") or 0),
         "readyReplicas": int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0),
+        # The scale subresource's labelSelectorPath: an HPA finds the server pods by it.
+        "selector": selector_string(ms),
         "pods": [p.to_status(by_name) for p in sorted(pods, key=lambda p: p.name) if not p.deleting],
     }
     try:
-        placement = plan(ms.spec, nodes, settings)
+        # The recorded placement sticks while the spec is the same and a node of its class is left.
+        placement = plan(ms.spec, nodes, settings, PlacementRecord.from_status(current.get("placement")))
     except PlanError as exc:
         conditions = [Condition("Placed", "False", exc.reason, exc.message)]
-        ready = _deployment_ready(ms, deployment, False, pods, observed.pods)
+        ready = _deployment_ready(ms, deployment, False, observed.pods)
         if deployment is None:
             ready = Condition("Ready", "False", "NotPlaced", exc.message)
         conditions.append(ready)
         return finish(conditions, fields, apply=[], modelserver=ms)
 
-    desired = render_children(ms, placement, settings)
+    desired = [stamped(obj) for obj in render_children(ms, placement, settings)]
     stale = out_of_sync(desired, observed)
     rolling = any(obj["kind"] == "Deployment" for obj in stale)
-    ready = _deployment_ready(ms, deployment, rolling, pods, observed.pods)
+    ready = _deployment_ready(ms, deployment, rolling, observed.pods)
     fields.update(placement=placement.to_status(), endpoints=endpoints(ms))
+    planned = (f"{placement.physical_cores} physical cores = {placement.cpu_request} CPUs per replica on nodes "
+               f"with {placement.threads_per_core} thread(s) per core; "
+               f"{len(placement.candidate_nodes)} node(s) can hold it")
+    replanned: list[EventSpec] = []
+    if placement.replanned:
+        planned += f" (re-planned: {placement.replanned})"
+        replanned.append(EventSpec("Warning", "Replanned", f"{placement.replanned}; re-planned for "
+                                   f"{placement.threads_per_core} thread(s) per core, the server pods roll"))
     conditions = [
-        Condition("Placed", "True", "Planned",
-                  f"{placement.physical_cores} physical cores = {placement.cpu_request} CPUs per replica; "
-                  f"{len(placement.candidate_nodes)} node(s) can hold it"),
+        Condition("Placed", "True", "Planned", planned),
         ready,
         pinned_condition(pods, by_name, placement.cpu_request),
     ]
@@ -186,5 +215,6 @@ def reconcile(
         fields["benchmark"] = bench.status
     stale.extend(bench.apply)
     outcome = finish(conditions, fields, apply=stale, delete=bench.delete, modelserver=ms, placement=placement)
+    outcome.events.extend(replanned)
     outcome.events.extend(EventSpec(e.type, e.reason, e.message) for e in bench.events)
     return outcome

@@ -13,6 +13,8 @@ LABEL_MODELSERVER = "pinserve.io/modelserver"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_CONFIG_HASH = "pinserve.io/config-hash"
+# On every serving child: the hash of the object pinserve last applied (what it wants, not what is live).
+ANNOTATION_DESIRED_HASH = "pinserve.io/desired-hash"
 
 GRPC_PORT = 8500
 REST_PORT = 8501
@@ -49,6 +51,11 @@ def labels(ms: ModelServer, component: str) -> dict[str, str]:
 def selector(ms: ModelServer, component: str) -> dict[str, str]:
     # Immutable on Deployments: keep it to labels that never change for a ModelServer.
     return {LABEL_MODELSERVER: ms.ref.name, LABEL_COMPONENT: component}
+
+
+def selector_string(ms: ModelServer, component: str = "server") -> str:
+    """The label selector in its string form: status.selector, which the scale subresource hands to an HPA."""
+    return ",".join(f"{key}={value}" for key, value in sorted(selector(ms, component).items()))
 
 
 def owner_reference(ms: ModelServer) -> dict[str, Any]:
