@@ -161,6 +161,18 @@ def _cleanup(jobs: Sequence[Mapping[str, Any]], keep: int, current: str) -> list
     return [("Job", j["metadata"]["name"]) for j in finished[max(keep - 1, 0):]]
 
 
+def target_pod_ip(server_pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """The IP of a ready, running server pod (the first by name), for ``bench_target: pod``."""
+    def ready(pod: Mapping[str, Any]) -> bool:
+        status = pod.get("status") or {}
+        return (status.get("phase") == "Running" and bool(status.get("podIP"))
+                and not (pod.get("metadata") or {}).get("deletionTimestamp")
+                and any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []))
+
+    candidates = sorted((p for p in server_pods if ready(p)), key=lambda p: str(p["metadata"]["name"]))
+    return str(candidates[0]["status"]["podIP"]) if candidates else None
+
+
 def evaluate(
     ms: ModelServer,
     ready: Condition,
@@ -169,6 +181,7 @@ def evaluate(
     current: Mapping[str, Any] | None,
     settings: Settings,
     pods: Sequence[Mapping[str, Any]] = (),
+    server_pods: Sequence[Mapping[str, Any]] = (),
 ) -> BenchDecision:
     bench = ms.spec.benchmark
     if not bench.enabled:
@@ -197,8 +210,15 @@ def evaluate(
         key=lambda j: str(j["metadata"]["name"]),
     )
     attempt = len(mine)
+    target_host: str | None = None
+    if settings.bench_target == "pod":
+        target_host = target_pod_ip(server_pods)
+        if target_host is None and (not mine or _job_state(mine[-1]) != "Running"):
+            return BenchDecision(Condition("Benchmarked", "Unknown", "WaitingForServerPod",
+                                           "the benchmark targets a ready server pod by IP; none has one yet"),
+                                 delete=cleanup)
     if not mine:
-        job = render_bench_job(ms, settings, bench_job_name(ms, key), key)
+        job = render_bench_job(ms, settings, bench_job_name(ms, key), key, target_host)
         return BenchDecision(Condition("Benchmarked", "Unknown", "Running", f"started {job['metadata']['name']}"),
                              apply=[job], delete=cleanup)
     last = mine[-1]
@@ -222,7 +242,7 @@ def evaluate(
             raise BenchmarkClientError("BenchmarkFailed", f"job {name} failed")
     except BenchmarkClientError as exc:
         if attempt <= settings.bench_retries and exc.reason not in PERMANENT_FAILURES:
-            job = render_bench_job(ms, settings, bench_job_name(ms, key, attempt), key)
+            job = render_bench_job(ms, settings, bench_job_name(ms, key, attempt), key, target_host)
             return BenchDecision(
                 Condition("Benchmarked", "Unknown", "Retrying",
                           f"attempt {attempt} failed ({exc.reason}: {exc.message}); started {job['metadata']['name']}"),

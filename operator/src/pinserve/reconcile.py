@@ -13,6 +13,7 @@ from typing import Any
 from pinserve import benchflow
 from pinserve.api import InvalidSpecError, ModelServer, parse_modelserver
 from pinserve.drift import in_sync, stamped
+from pinserve.fetch.errors import ModelConvertError
 from pinserve.nodeclass import PlacementRecord
 from pinserve.pinning import pinned_condition, pod_view
 from pinserve.planning import NodeInfo, Placement, PlanError, plan
@@ -112,6 +113,13 @@ def _pod_problem(pods: Sequence[Mapping[str, Any]]) -> Condition | None:
             term = state.get("terminated") or last.get("terminated") or {}
             if term and term.get("exitCode", 0) != 0:
                 message = (term.get("message") or term.get("reason") or "failed").strip()
+                # fetch-model's conversion of a frozenGraph/keras model: by its message, or its exit code alone.
+                convert = f"{ModelConvertError.reason}: "
+                if message.startswith(convert) or (
+                        cs.get("name") == "fetch-model" and term.get("exitCode") == ModelConvertError.exit_code):
+                    return Condition("Ready", "False", ModelConvertError.reason,
+                                     f"pod {name}: init container {cs.get('name')} could not convert the model: "
+                                     f"{message.removeprefix(convert)}")
                 return Condition("Ready", "False", "ModelFetchFailed",
                                  f"pod {name}: init container {cs.get('name')} failed: {message}")
         for cond in status.get("conditions") or []:
@@ -208,7 +216,7 @@ def reconcile(
     ]
     bench = benchflow.evaluate(
         ms, ready, jobs=observed.jobs, current=current.get("benchmark"), settings=settings,
-        pods=observed.bench_pods,
+        pods=observed.bench_pods, server_pods=observed.pods,
     )
     conditions.append(bench.condition)
     if bench.status is not None:

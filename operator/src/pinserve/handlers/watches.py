@@ -46,6 +46,7 @@ def _pod_essentials(body: Mapping[str, Any]) -> dict[str, Any]:
         "status": {
             "phase": status.get("phase"),
             "qosClass": status.get("qosClass"),
+            "podIP": status.get("podIP"),
             "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
                            for c in status.get("conditions") or []],
             "initContainerStatuses": containers("initContainerStatuses"),
