@@ -111,6 +111,47 @@ def test_seed_facts_carried_over() -> None:
     assert demo["model"]["uri"] == "http://pinserve-demo-models.pinserve-system.svc:8000/half_plus_two.tar.gz"
 
 
+# The seed examples: the public artifact each guide publishes (never a PVC the user fills by hand), its
+# format, and the inputs its serving_default signature takes (batch 1, dynamic dimensions filled).
+ARTIFACTS: dict[str, tuple[str, str, dict[str, list[int]]]] = {
+    "rfcn": ("https://storage.googleapis.com/intel-optimized-tensorflow/models/"
+             "rfcn_resnet101_fp32_coco_pretrained_model.tar.gz", "savedModel", {"inputs": [1, 480, 640, 3]}),
+    "deeplabv3": ("http://download.tensorflow.org/models/deeplabv3_pascal_trainval_2018_01_04.tar.gz",
+                  "frozenGraph", {"ImageTensor": [1, 513, 513, 3]}),
+    "mask-rcnn": ("http://download.tensorflow.org/models/object_detection/tf2/20200711/"
+                  "mask_rcnn_inception_resnet_v2_1024x1024_coco17_gpu-8.tar.gz", "savedModel",
+                  {"input_tensor": [1, 480, 640, 3]}),
+    "unet-3d": ("https://www.dropbox.com/s/m99rqxunx0kmzn7/tumor_segmentation_model.h5?dl=1", "keras",
+                {"input_1": [1, 4, 144, 144, 144]}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ARTIFACTS))
+def test_seed_examples_serve_the_public_artifact_with_its_signature(name: str) -> None:
+    url, fmt, shapes = ARTIFACTS[name]
+    path = EXAMPLES / f"{name}.yaml"
+    doc = _load(path)
+    model = doc["spec"]["model"]
+    assert model.get("uri") == url and "pvc" not in model and "image" not in model
+    assert model.get("format", "savedModel") == fmt
+    assert doc["spec"]["benchmark"]["inputs"]["shapes"] == shapes
+    parsed = api.parse_modelserver(doc).spec
+    if fmt == "frozenGraph":  # the signature the conversion builds is keyed by the benchmark's input names
+        assert set(parsed.model.inputs) == set(shapes) and parsed.model.outputs
+        assert parsed.benchmark.throughput.batch_size == 1  # the graph's batch dimension is 1
+    # The header comment says what the signature takes, in the example itself.
+    header = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+    for key in shapes:
+        assert key in header, f"{name}: the comment does not name input {key}"
+
+
+def test_deeplab_is_measured_over_rest_at_max_s_size() -> None:
+    spec = _load(EXAMPLES / "deeplabv3.yaml")["spec"]
+    assert spec["benchmark"]["protocol"] == "rest"
+    assert spec["model"]["inputs"] == {"ImageTensor": "ImageTensor:0"}
+    assert spec["model"]["outputs"] == {"SemanticPredictions": "SemanticPredictions:0"}
+
+
 # Mutations of a valid example that both the CRD schema and the API models must refuse.
 BAD: list[tuple[str, Any]] = [
     ("resources.memory", "8GB"),

@@ -104,6 +104,13 @@ GOLDEN_CASES: dict[str, tuple[dict[str, Any], str]] = {
     "uri-smt-defaults": (base_spec(), "smt"),
     "uri-credentials-capacity": (base_spec(model={"uri": "s3://bucket/rfcn.tar.gz", "credentialsSecret": "s3-creds",
                                                   "version": 2}), "capacity"),
+    # Converted by the fetch init container in the bench image (TensorFlow), with the signature's tensors.
+    "uri-frozen-graph": (base_spec(model={
+        "name": "deeplabv3", "uri": "http://download.tensorflow.org/models/deeplabv3_pascal_trainval_2018_01_04.tar.gz",
+        "path": "deeplabv3_pascal_trainval", "format": "frozenGraph",
+        "inputs": {"ImageTensor": "ImageTensor:0"},
+        "outputs": {"SemanticPredictions": "SemanticPredictions:0", "Logits": "ResizeBilinear_2:0"}},
+        benchmark={"protocol": "rest", "inputs": {"shapes": {"ImageTensor": [1, 513, 513, 3]}}}), "nosmt"),
     "pvc-batching": (base_spec(
         model={"name": "mask_rcnn", "pvc": {"claimName": "models", "subPath": "zoo"}, "path": "mask_rcnn/1"},
         server={"batching": {"maxBatchSize": 16, "batchTimeoutMicros": 2000}},

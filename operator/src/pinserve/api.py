@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -35,6 +36,9 @@ _URI_SCHEMES = ("http://", "https://", "gs://", "s3://")
 # DNS-1035: the name also names the model's Service, which must start with a letter.
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# A frozen graph's signature: key (no '=': the fetcher's --input KEY=TENSOR) -> TensorFlow tensor name.
+_SIGNATURE_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")
+_TENSOR_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_./>-]*(:[0-9]+)?$")
 
 
 class _Model(BaseModel):
@@ -65,6 +69,14 @@ class ThreadConfig(StrEnum):
     BOTH = "Both"
 
 
+class ModelFormat(StrEnum):
+    """What the model source holds; anything but a SavedModel is converted by the fetch init container."""
+
+    SAVED_MODEL = "savedModel"
+    FROZEN_GRAPH = "frozenGraph"  # a GraphDef with constants for variables (.pb): inputs/outputs name tensors
+    KERAS = "keras"  # a whole Keras model file (.h5)
+
+
 class PvcSource(_Model):
     claim_name: str
     sub_path: str = ""
@@ -79,6 +91,38 @@ class ModelSource(_Model):
     version: int = Field(default=1, ge=1)
     # Name of a Secret in the ModelServer's namespace with fetch credentials; never inline.
     credentials_secret: str | None = None
+    # After the sources: the validators below read them.
+    format: ModelFormat = ModelFormat.SAVED_MODEL
+    # frozenGraph only: serving_default's keys -> tensor names, e.g. {"ImageTensor": "ImageTensor:0"}.
+    inputs: dict[str, str] = Field(default_factory=dict, max_length=16, validate_default=True)
+    outputs: dict[str, str] = Field(default_factory=dict, max_length=16, validate_default=True)
+
+    @field_validator("format")
+    @classmethod
+    def _converted_from_uri(cls, value: ModelFormat, info: ValidationInfo) -> ModelFormat:
+        if value is not ModelFormat.SAVED_MODEL and info.data.get("uri") is None and (
+                info.data.get("pvc") is not None or info.data.get("image") is not None):
+            raise ValueError(f"{value.value} is converted to a SavedModel by the fetch init container, which "
+                             "reads spec.model.uri: a pvc or image source must hold a SavedModel")
+        return value
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _signature(cls, tensors: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        fmt = info.data.get("format")
+        what = info.field_name
+        if fmt is ModelFormat.FROZEN_GRAPH and not tensors:
+            example = "ImageTensor: ImageTensor:0" if what == "inputs" else "SemanticPredictions: SemanticPredictions:0"
+            raise ValueError(f"format frozenGraph needs at least one entry (signature key: tensor name, e.g. "
+                             f"{example}): a frozen graph has no signature of its own")
+        if fmt is not None and fmt is not ModelFormat.FROZEN_GRAPH and tensors:
+            raise ValueError(f"only format frozenGraph takes {what}; a {fmt.value} model brings its own signature")
+        for key, tensor in tensors.items():
+            if not _SIGNATURE_KEY.match(key):
+                raise ValueError(f"signature key {key!r} must be letters, digits, '_', '.', '/', '-' (no '=')")
+            if not _TENSOR_NAME.match(tensor):
+                raise ValueError(f"{key}: {tensor!r} is not a tensor name such as ImageTensor:0")
+        return tensors
 
     @field_validator("uri")
     @classmethod

@@ -127,7 +127,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="benchmark a TensorFlow Serving endpoint (see `pinserve bench --help`)",
                    add_help=False)
-    sub.add_parser("fetch-model", help="download and unpack a SavedModel (the model init container)",
+    sub.add_parser("fetch-model", help="download and unpack a SavedModel, or convert a frozen graph or Keras .h5 "
+                   "to one (the model init container)",
                    add_help=False)
     sub.add_parser("agent", help="the node agent: publish CPU topology and pod cpusets (DaemonSet)",
                    add_help=False)

@@ -54,6 +54,9 @@ class Settings:
     # The model-fetch init container: whole CPUs too, or the pod is not Guaranteed.
     fetch_cpu: int = 1
     fetch_memory: str = "512Mi"
+    # The same init container converting a frozenGraph or keras model (bench image, TensorFlow loads the
+    # whole model): its memory limit.
+    convert_memory: str = "2Gi"
     # The benchmark client's CPU (requests == limits); empty means whole CPUs, spec.benchmark.physicalCores.
     bench_cpu: str = ""
     # "service": the ModelServer's Service by DNS name; "pod": a ready server pod of the current revision
@@ -78,6 +81,7 @@ class Settings:
             ),
             fetch_cpu=_int(env, "PINSERVE_FETCH_CPU", default.fetch_cpu),
             fetch_memory=env.get("PINSERVE_FETCH_MEMORY") or default.fetch_memory,
+            convert_memory=env.get("PINSERVE_CONVERT_MEMORY") or default.convert_memory,
             bench_cpu=_cpu(env, "PINSERVE_BENCH_CPU"),
             bench_target=_choice(env, "PINSERVE_BENCH_TARGET", BENCH_TARGETS, default.bench_target),
         )

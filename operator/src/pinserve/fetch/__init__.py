@@ -3,6 +3,8 @@
 The init container of every URI-sourced ModelServer runs this. It downloads the archive (http,
 https, gs://, s3://; credentials from the environment), unpacks it safely, picks the directory
 holding saved_model.pb (``--path``, or the only one) and renames it into ``--dest`` atomically.
+With ``--format frozenGraph`` or ``keras`` it picks the model file instead (``--path`` names it or
+its directory; the URI may also be the file itself) and converts it to a SavedModel (convert.py).
 A restart with the same URI and path reuses a complete ``--dest``. Failures end with one line on
 stderr and in the termination log, and a distinct exit code (``EXIT_REASONS``).
 """
@@ -18,7 +20,8 @@ import tempfile
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from pinserve.fetch.archive import (
     archive_kind,
@@ -30,9 +33,20 @@ from pinserve.fetch.archive import (
     select_saved_model,
     unpack,
 )
+from pinserve.fetch.convert import (
+    FORMATS,
+    SAVED_MODEL,
+    check_options,
+    clean_file_path,
+    convert,
+    parse_pairs,
+    select_model_file,
+    uri_names_model_file,
+)
 from pinserve.fetch.download import download
 from pinserve.fetch.errors import (
     EXIT_REASONS,
+    AmbiguousModelFileError,
     AmbiguousSavedModelError,
     CorruptArchiveError,
     DownloadFailedError,
@@ -41,6 +55,8 @@ from pinserve.fetch.errors import (
     ForbiddenError,
     InvalidArgumentError,
     LocalIOError,
+    ModelConvertError,
+    NoModelFileError,
     NoSavedModelError,
     NotAnArchiveError,
     NotFoundError,
@@ -51,6 +67,8 @@ from pinserve.fetch.sources import Source, resolve
 
 __all__ = [
     "EXIT_REASONS",
+    "FORMATS",
+    "AmbiguousModelFileError",
     "AmbiguousSavedModelError",
     "CorruptArchiveError",
     "DownloadFailedError",
@@ -60,6 +78,8 @@ __all__ = [
     "ForbiddenError",
     "InvalidArgumentError",
     "LocalIOError",
+    "ModelConvertError",
+    "NoModelFileError",
     "NoSavedModelError",
     "NotAnArchiveError",
     "NotFoundError",
@@ -81,11 +101,13 @@ TERMINATION_LIMIT = 4000  # the kubelet keeps 4096 bytes per container
 class FetchResult:
     dest: Path
     url: str
-    selected: str  # the SavedModel's directory inside the archive ('.' = its root)
+    selected: str  # the SavedModel's directory (or the converted model file) inside the archive ('.' = its root)
     reused: bool  # True: a complete dest from an earlier run, nothing downloaded
     size: int  # archive bytes downloaded (0 when reused)
     sha256: str  # of the archive (recorded from the run that downloaded it)
     files: int  # files in dest
+    format: str = SAVED_MODEL
+    signature: str = ""  # what conversion made of it (formats other than savedModel)
 
 
 def _stderr(message: str) -> None:
@@ -102,12 +124,14 @@ def _count_files(tree: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(tree))
 
 
-def _reusable(dest: Path, uri: str, path: str) -> dict[str, object] | None:
+def _reusable(dest: Path, wanted: Mapping[str, object]) -> dict[str, object] | None:
     try:
         record = json.loads(_marker(dest).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("uri") != uri or record.get("path") != path:
+    if not isinstance(record, dict) or record.get("format", SAVED_MODEL) != wanted.get("format", SAVED_MODEL):
+        return None
+    if any(record.get(k) != v for k, v in wanted.items()):
         return None
     return record if is_saved_model_dir(dest) else None
 
@@ -137,28 +161,42 @@ def fetch_model(
     retries: int = 5,
     backoff: float = 1.0,
     log: Callable[[str], None] | None = None,
+    model_format: str = SAVED_MODEL,
+    inputs: Mapping[str, str] | None = None,
+    outputs: Mapping[str, str] | None = None,
 ) -> FetchResult:
     """Put the SavedModel that ``path`` names inside the archive at ``uri`` exactly at ``dest``.
 
     ``timeout`` bounds each connect and each read (seconds), ``retries`` the extra attempts after
     a connection error, timeout or 5xx (backoff doubling from ``backoff`` seconds, capped at 30).
+    ``model_format`` frozenGraph or keras: ``path`` names the model file (or its directory), which is
+    converted to a SavedModel; a frozen graph's signature maps ``inputs``/``outputs`` keys to tensors.
     Raises a ``FetchError`` subclass with a one-line message.
     """
     say = log or _stderr
     target = Path(dest)
+    feeds, fetches = dict(inputs or {}), dict(outputs or {})
     if target.name in ("", ".", ".."):
         raise InvalidArgumentError(f"dest {str(dest)!r} must name the version directory, e.g. /models/rfcn/1")
     if timeout <= 0 or retries < 0 or backoff < 0:
         raise InvalidArgumentError("timeout must be positive, retries and backoff not negative")
-    rel = clean_path(path)
-    reject_single_file(uri)
+    check_options(model_format, feeds, fetches)
+    converting = model_format != SAVED_MODEL
+    rel = clean_file_path(path) if converting else clean_path(path)
+    single = converting and uri_names_model_file(uri, model_format)
+    if not single:
+        reject_single_file(uri)
     source = resolve(uri, env)
 
-    record = _reusable(target, uri, rel)
+    wanted: dict[str, object] = {"uri": uri, "path": rel}
+    if converting:
+        wanted.update(format=model_format, inputs=feeds, outputs=fetches)
+    record = _reusable(target, wanted)
     if record is not None:
         say(f"{target} already holds the SavedModel from {uri}; nothing to do")
         return FetchResult(target, source.url, str(record.get("selected", rel or ".")), True, 0,
-                           str(record.get("sha256", "")), _count_files(target))
+                           str(record.get("sha256", "")), _count_files(target), model_format,
+                           str(record.get("signature", "")))
 
     parent = target.parent
     try:
@@ -172,23 +210,38 @@ def fetch_model(
         say(f"fetching {uri} from {source.url} ({source.auth})")
         got = download(source, archive, timeout=timeout, retries=retries, backoff=backoff, log=say)
         say(f"downloaded {got.size} bytes, sha256 {got.sha256}")
-        kind = archive_kind(uri, archive)
         tree = work / "tree"
         tree.mkdir()
-        unpacked = unpack(kind, archive, tree, uri)
-        archive.unlink()  # free the space before the tree moves
-        model_dir, selected = select_saved_model(tree, rel, uri)
+        signature = ""
+        if single:  # the URI is the model file itself: keep its name (Keras reads the format from it)
+            selected = PurePosixPath(urlsplit(uri).path).name
+            os.rename(archive, tree / selected)
+            unpacked = 1
+        else:
+            unpacked = unpack(archive_kind(uri, archive), archive, tree, uri)
+            archive.unlink()  # free the space before the tree moves
+        if converting:
+            model_file, selected = select_model_file(tree, "" if single else rel, model_format, uri)
+            model_dir = work / "converted"
+            say(f"converting {selected} ({model_format}) to a SavedModel")
+            signature = convert(model_format, model_file, model_dir, inputs=feeds, outputs=fetches, log=say)
+            say(f"converted: {signature}")
+        else:
+            model_dir, selected = select_saved_model(tree, rel, uri)
         try:
             materialize_external_links(model_dir)
             make_readable(model_dir)
             _install(model_dir, target, work)
-            _marker(target).write_text(json.dumps(
-                {"uri": uri, "path": rel, "selected": selected or ".", "sha256": got.sha256, "size": got.size}))
+            extra = {"signature": signature} if converting else {}
+            _marker(target).write_text(json.dumps({**wanted, "selected": selected or ".", "sha256": got.sha256,
+                                                   "size": got.size, **extra}))
         except OSError as err:
             raise LocalIOError(f"cannot install the SavedModel at {target}: {err.strerror or err}") from None
         files = _count_files(target)
-        say(f"unpacked {unpacked} files; SavedModel {selected or '.'} ({files} files) is now {target}")
-        return FetchResult(target, source.url, selected or ".", False, got.size, got.sha256, files)
+        done = f"{model_format} {selected} converted to a SavedModel" if converting else f"SavedModel {selected or '.'}"
+        say(f"unpacked {unpacked} files; {done} ({files} files) is now {target}")
+        return FetchResult(target, source.url, selected or ".", False, got.size, got.sha256, files, model_format,
+                           signature)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -215,14 +268,24 @@ def write_termination_log(line: str, env: Mapping[str, str] = os.environ) -> boo
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pinserve fetch-model",
-        description="Download a SavedModel archive and put its SavedModel directory at --dest.",
+        description="Download a SavedModel archive and put its SavedModel directory at --dest; or convert a "
+                    "frozen graph or Keras model (--format) to a SavedModel there.",
         epilog="exit codes: " + ", ".join(f"{code} {reason}" for code, reason in sorted(EXIT_REASONS.items())),
     )
     parser.add_argument("--uri", required=True, help="http(s)://, gs://bucket/key or s3://bucket/key of a "
-                        ".tar.gz/.tgz/.tar/.zip archive")
+                        ".tar.gz/.tgz/.tar/.zip archive (with --format frozenGraph/keras also the .pb/.h5 itself)")
     parser.add_argument("--path", default="", help="directory inside the archive holding saved_model.pb "
-                        "(default: the only one)")
+                        "(default: the only one); with --format frozenGraph/keras the .pb/.h5 file or its directory")
     parser.add_argument("--dest", required=True, help="version directory to create, e.g. /models/rfcn/1")
+    parser.add_argument("--format", default=SAVED_MODEL, choices=FORMATS, dest="model_format",
+                        help="savedModel (default): serve as is; frozenGraph (a GraphDef .pb, needs --input and "
+                        "--output) or keras (an .h5 file): convert to a SavedModel (needs TensorFlow: the bench image)")
+    parser.add_argument("--input", action="append", default=[], metavar="KEY=TENSOR",
+                        help="frozenGraph: signature input KEY fed to TENSOR, e.g. ImageTensor=ImageTensor:0 "
+                        "(repeatable)")
+    parser.add_argument("--output", action="append", default=[], metavar="KEY=TENSOR",
+                        help="frozenGraph: signature output KEY read from TENSOR, e.g. "
+                        "SemanticPredictions=SemanticPredictions:0 (repeatable)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per connect/read (default 60)")
     parser.add_argument("--retries", type=int, default=5,
                         help="extra attempts after connection errors, timeouts and 5xx (default 5)")
@@ -235,7 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help or a usage error: argparse has printed why
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        result = fetch_model(args.uri, args.path, args.dest, timeout=args.timeout, retries=args.retries)
+        result = fetch_model(args.uri, args.path, args.dest, timeout=args.timeout, retries=args.retries,
+                             model_format=args.model_format, inputs=parse_pairs(args.input, "--input"),
+                             outputs=parse_pairs(args.output, "--output"))
     except FetchError as err:
         print(f"pinserve fetch-model: {err.line()}", file=sys.stderr, flush=True)
         write_termination_log(err.line())
@@ -246,5 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_termination_log(line)
         return FetchError.exit_code
     what = "reused" if result.reused else f"fetched {result.size} bytes (sha256 {result.sha256}) into"
-    print(f"{what} {result.dest}: SavedModel {result.selected} from {args.uri}, {result.files} files")
+    made = f"SavedModel converted from {result.format} {result.selected}" if result.format != SAVED_MODEL \
+        else f"SavedModel {result.selected}"
+    print(f"{what} {result.dest}: {made} from {args.uri}, {result.files} files")
     return 0

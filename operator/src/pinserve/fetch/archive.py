@@ -62,8 +62,15 @@ def reject_single_file(uri: str) -> None:
             f"{uri} points at a single file {name!r}, which is not enough: TF Serving needs the whole "
             "SavedModel directory (saved_model.pb with its variables/ and assets/). Publish the directory "
             f"as {SUPPORTED} (e.g. tar -czf model.tar.gz -C export saved_model) and set spec.model.path, "
-            "or use spec.model.pvc or spec.model.image")
-    if lower.endswith((".h5", ".hdf5", ".keras", ".ckpt", ".index", ".onnx", ".tflite")):
+            "or use spec.model.pvc or spec.model.image; a frozen GraphDef is served with spec.model.format "
+            "frozenGraph and its inputs and outputs")
+    if lower.endswith((".h5", ".hdf5", ".keras")):
+        raise NotAnArchiveError(
+            f"{uri} points at {name!r}, a Keras file, not a SavedModel: if it holds a whole model "
+            "(architecture and weights), set spec.model.format keras to convert it; weights alone (such as "
+            "matterport's mask_rcnn_coco.h5) need the code that builds the model: export it with "
+            "tf.saved_model.save there")
+    if lower.endswith((".ckpt", ".index", ".onnx", ".tflite")):
         raise NotAnArchiveError(
             f"{uri} points at {name!r}, weights in another format, not a SavedModel: export it with "
             "tf.saved_model.save (the Mask R-CNN tutorial converts its .h5 that way) and publish the "

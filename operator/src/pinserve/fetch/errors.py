@@ -87,10 +87,27 @@ class LocalIOError(FetchError):
     exit_code = 20
 
 
+class ModelConvertError(FetchError):
+    """A frozen graph or Keras model that does not become a SavedModel (the operator's ModelConvertFailed)."""
+
+    reason = "ModelConvertFailed"
+    exit_code = 21
+
+
+class NoModelFileError(FetchError):
+    reason = "NoModelFile"
+    exit_code = 22
+
+
+class AmbiguousModelFileError(FetchError):
+    reason = "AmbiguousModelFile"
+    exit_code = 23
+
+
 ERRORS: tuple[type[FetchError], ...] = (
     FetchError, InvalidArgumentError, NotFoundError, ForbiddenError, DownloadFailedError, FetchTimeoutError,
     CorruptArchiveError, UnsafeArchiveError, NotAnArchiveError, PathNotFoundError, NoSavedModelError,
-    AmbiguousSavedModelError, LocalIOError,
+    AmbiguousSavedModelError, LocalIOError, ModelConvertError, NoModelFileError, AmbiguousModelFileError,
 )
 # exit code -> reason, for the operator (an init container's exit code survives when its message does not).
 EXIT_REASONS: dict[int, str] = {cls.exit_code: cls.reason for cls in ERRORS}

@@ -6,7 +6,7 @@ import copy
 import posixpath
 from typing import Any
 
-from pinserve.api import ModelServer
+from pinserve.api import ModelFormat, ModelServer
 from pinserve.planning import DEFAULT_INTER_OP, DEFAULT_KMP_BLOCKTIME, Placement
 from pinserve.render.common import (
     ANNOTATION_CONFIG_HASH,
@@ -106,6 +106,14 @@ def _model_source(ms: ModelServer, settings: Settings) -> tuple[list[dict[str, A
             "resources": fetch_resources,
             "volumeMounts": [dict(mount)],
         }
+        if model.format is not ModelFormat.SAVED_MODEL:
+            # Conversion needs TensorFlow, which the bench image carries (the operator image does not),
+            # and memory for the whole model. Keys sorted: the API server does not keep a map's order.
+            init["image"] = settings.bench_image
+            init["resources"] = guaranteed(settings.fetch_cpu, settings.convert_memory)
+            init["args"] += ["--format", model.format.value]
+            init["args"] += [a for k in sorted(model.inputs) for a in ("--input", f"{k}={model.inputs[k]}")]
+            init["args"] += [a for k in sorted(model.outputs) for a in ("--output", f"{k}={model.outputs[k]}")]
         if model.credentials_secret:
             init["envFrom"] = [{"secretRef": {"name": model.credentials_secret}}]
     else:
