@@ -4,6 +4,9 @@ Each test makes a KWOK node without pinserve metadata (the machine is an hwloc s
 as the agent's sysfs root), bare pods carrying the pinserve labels bound to it through ``spec.nodeName``,
 and a CPU manager checkpoint file written the way the kubelet writes it. The agent runs under a
 ServiceAccount whose ClusterRole grants pods get/list/watch/patch and nodes get/patch, nothing more.
+Most tests give it no pod-resources socket (the checkpoint's entries are used, as without one); the last
+ones serve the kubelet's pod-resources API from this process (tests/fakekubelet.py, real gRPC on a unix
+socket), where a KWOK node has no kubelet to serve it.
 """
 
 from __future__ import annotations
@@ -11,25 +14,24 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import os
 import subprocess
-import sys
 import textwrap
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from agent_harness import PINNED_CPUS, SNAPSHOT, Setup, service_account_kubeconfig
 
+from fakekubelet import fake_kubelet
 from pinserve.agent.loop import AgentConfig, NodeAgent, load_topology, write_count
 from pinserve.agent.publisher import ANNOTATION_CPU_MANAGER
 from pinserve.kube import Credentials, KubeApi
 from pinserve.pinning import ANNOTATION_CPUS, ANNOTATION_CPUS_SOURCE
-from pinserve.topology.cpuset import format_cpulist, parse_cpulist
+from pinserve.topology.cpuset import format_cpulist
 from pinserve.topology.model import Topology
 from pinserve.topology.publish import ANNOTATION_CPU_TOPOLOGY
 from tools import cluster as cluster_tools
@@ -37,98 +39,10 @@ from tools import fakenodes
 
 pytestmark = pytest.mark.integration
 
-# 2 sockets x 8 cores x 2 threads (Xeon Silver 4108, AVX-512): core i of socket 0 is CPUs i and i + 16.
-SNAPSHOT = "32intel64-2p8co2t+8ve"
-PINNED_CPUS = "2-5,18-21"  # cores 2-5 of socket 0, both threads
-
 AGENT_RULES = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
 ]
-
-
-@dataclass
-class Setup:
-    cluster: cluster_tools.IntegrationCluster
-    namespace: str
-    node: str
-    root: Path
-    topology: Topology
-    kubeconfig: Path  # the agent's ServiceAccount, not the admin
-    state: Path
-    tmp: Path
-
-    def pod(self, name: str, node: str | None = None, *, managed: bool = True) -> dict[str, Any]:
-        labels = {"pinserve.io/modelserver": "agent-test", "app.kubernetes.io/component": "server"}
-        if managed:
-            labels["app.kubernetes.io/managed-by"] = "pinserve"
-        self.cluster.apply_yaml(json.dumps({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": self.namespace, "labels": labels},
-            "spec": {
-                "nodeName": node or self.node,
-                "containers": [{
-                    "name": "server",
-                    "image": "tensorflow/serving:mkl",
-                    "resources": {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
-                }],
-            },
-        }))
-
-        def running() -> dict[str, Any] | None:
-            pod: dict[str, Any] = self.cluster.get_json("pod", name, "-n", self.namespace)
-            statuses = pod.get("status", {}).get("containerStatuses") or []
-            return pod if statuses and "running" in statuses[0].get("state", {}) else None
-
-        return self.cluster.wait_for(f"pod {name} to run", running, timeout=60)
-
-    def annotations(self, kind: str, name: str) -> dict[str, str]:
-        args = [kind, name] if kind == "node" else [kind, name, "-n", self.namespace]
-        return dict(self.cluster.get_json(*args)["metadata"].get("annotations") or {})
-
-    def labels(self, name: str) -> dict[str, str]:
-        return dict(self.cluster.get_json("node", name)["metadata"].get("labels") or {})
-
-    def write_state(self, entries: dict[str, str]) -> str:
-        """Write the checkpoint as the kubelet does (temporary file, rename); returns defaultCpuSet."""
-        taken = set().union(*(parse_cpulist(cpus) for cpus in entries.values())) if entries else set()
-        default = format_cpulist(self.topology.cpus - taken)
-        tmp = self.state.with_name("cpu_manager_state.tmp")
-        tmp.write_text(json.dumps({
-            "policyName": "static",
-            "defaultCpuSet": default,
-            "entries": {uid: {"server": cpus} for uid, cpus in entries.items()},
-            "checksum": 1234567,
-        }))
-        tmp.replace(self.state)
-        return default
-
-    def agent_argv(self, *extra: str, state: Path | None = None) -> list[str]:
-        return [sys.executable, "-m", "pinserve.agent", "--node", self.node, "--sysfs-root", str(self.root),
-                "--cpu-manager-state", str(state or self.state), *extra]
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PINSERVE_", "KUBERNETES_SERVICE"))}
-        env["KUBECONFIG"] = str(self.kubeconfig)
-        return env
-
-    def run_once(self, *extra: str, state: Path | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(self.agent_argv("--once", *extra, state=state), env=self.env(),
-                              capture_output=True, text=True, timeout=120, check=False)
-        assert proc.returncode == 0, proc.stderr
-        return proc
-
-
-def _service_account_kubeconfig(
-    cluster: cluster_tools.IntegrationCluster, namespace: str, name: str, path: Path
-) -> None:
-    token = cluster.kubectl("create", "token", name, "-n", namespace, "--duration=1h").stdout.strip()
-    config = yaml.safe_load(cluster.kubeconfig.read_text())
-    for user in config["users"]:
-        user["user"] = {"token": token}
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
 
 
 @pytest.fixture
@@ -157,8 +71,7 @@ def setup(
         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role}}}
         subjects: [{{kind: ServiceAccount, name: agent, namespace: {namespace}}}]
         """))
-    kubeconfig = tmp_path / "agent.kubeconfig"
-    _service_account_kubeconfig(cluster, namespace, "agent", kubeconfig)
+    kubeconfig = service_account_kubeconfig(cluster, namespace, "agent", tmp_path / "agent.kubeconfig")
     root = fakenodes.unpack_snapshot(SNAPSHOT)
     try:
         yield Setup(cluster, namespace, node, root, load_topology(root), kubeconfig,
@@ -205,7 +118,9 @@ def test_agent_publishes_node_topology_and_pod_cpusets_then_writes_nothing(setup
     }
     node_annotations = setup.annotations("node", setup.node)
     assert Topology.from_dict(json.loads(node_annotations[ANNOTATION_CPU_TOPOLOGY])) == setup.topology
-    assert json.loads(node_annotations[ANNOTATION_CPU_MANAGER]) == {"policy": "static", "defaultCpuSet": default}
+    assert json.loads(node_annotations[ANNOTATION_CPU_MANAGER]) == {
+        "policy": "static", "defaultCpuSet": default, "source": "checkpoint"
+    }
 
     pinned_ann = setup.annotations("pod", "pinned")
     assert (pinned_ann[ANNOTATION_CPUS], pinned_ann[ANNOTATION_CPUS_SOURCE]) == (PINNED_CPUS, "exclusive")
@@ -365,3 +280,54 @@ def test_operator_reports_pods_cpus_and_pinned_from_the_agent(setup: Setup, tmp_
         # No checkpoint at all: the agent says it cannot tell, and so does the operator.
         setup.state.unlink()
         assert pinned("CpuManagerUnknown")["status"] == "Unknown"
+
+
+def test_agent_reads_the_kubelets_pod_resources_socket_live_and_falls_back_without_it(setup: Setup) -> None:
+    pinned = setup.pod("pinned")
+    setup.pod("other")
+    setup.write_state({pinned["metadata"]["uid"]: PINNED_CPUS})  # the checkpoint as the agent's pod started
+    cpu_manager = lambda: json.loads(setup.annotations("node", setup.node)[ANNOTATION_CPU_MANAGER])  # noqa: E731
+    source = lambda name: setup.annotations("pod", name).get(ANNOTATION_CPUS_SOURCE)  # noqa: E731
+    log_path = setup.tmp / "agent.log"
+    with fake_kubelet(setup.tmp / "kubelet.sock", allocatable=format_cpulist(setup.topology.cpus - {0, 16})) as kubelet:
+        kubelet.set_pod(setup.namespace, "pinned", {"server": PINNED_CPUS})
+        kubelet.set_pod(setup.namespace, "other", {"server": ""})
+        setup.socket = str(kubelet.socket)
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(setup.agent_argv("--interval", "300", "--state-interval", "0.5"),
+                                    env=setup.env(), stdout=subprocess.DEVNULL, stderr=log, text=True)
+        try:
+            setup.cluster.wait_for("both pods", lambda: source("pinned") and source("other"), timeout=30)
+            assert setup.annotations("pod", "pinned")[ANNOTATION_CPUS] == PINNED_CPUS
+            assert source("pinned") == "exclusive" and source("other") == "shared"
+            summary = cpu_manager()
+            assert summary["source"] == "pod-resources" and summary["allocatableCpuSet"] == "1-15,17-31"
+
+            # The kubelet pins "other" and writes a new checkpoint, which a single-file mount would never show
+            # (here the file is simply left alone): the socket is live, the agent follows it.
+            kubelet.set_pod(setup.namespace, "other", {"server": "6-7,22-23"})
+            setup.cluster.wait_for("other pinned", lambda: source("other") == "exclusive" or None, timeout=30)
+            assert setup.annotations("pod", "other")[ANNOTATION_CPUS] == "6-7,22-23"
+            setup.cluster.wait_for(
+                "the shared pool without both", lambda: cpu_manager()["defaultCpuSet"] == format_cpulist(
+                    setup.topology.cpus - {2, 3, 4, 5, 18, 19, 20, 21, 6, 7, 22, 23}) or None, timeout=30)
+
+            # The kubelet goes away: the agent says so and falls back to the checkpoint's entries.
+            kubelet.stop()
+            setup.cluster.wait_for("the fallback", lambda: cpu_manager()["source"] == "checkpoint" or None,
+                                   timeout=30)
+            assert "kubelet.sock" in cpu_manager()["podResourcesError"]
+            setup.cluster.wait_for("other back in the shared pool (the checkpoint's word)",
+                                   lambda: source("other") == "shared" or None, timeout=30)
+            assert proc.poll() is None, log_path.read_text()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    stderr = log_path.read_text()
+    assert proc.returncode == 0, stderr
+    assert "CPU assignments from the kubelet's pod-resources API" in stderr, stderr
+    assert "instead of the pod-resources API: cannot connect" in stderr or "does not exist" in stderr, stderr

@@ -112,15 +112,21 @@ def test_renders_expected_objects(rendered: list[Doc]) -> None:
         ("Deployment", "pinserve-operator"),
         ("ServiceAccount", "pinserve-agent"),
         ("ServiceAccount", "pinserve-operator"),
+        ("ValidatingAdmissionPolicy", "pinserve-agent-own-node"),
+        ("ValidatingAdmissionPolicyBinding", "pinserve-agent-own-node"),
     ]
     for doc in rendered:
-        if doc["kind"] not in {"ClusterRole", "ClusterRoleBinding"}:
+        if doc["kind"] not in CLUSTER_SCOPED:
             assert doc["metadata"]["namespace"] == NAMESPACE
+
+
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
 def test_agent_can_be_disabled() -> None:
     docs = render("agent.enabled=false")
     assert not by_kind(docs, "DaemonSet")
+    assert not by_kind(docs, "ValidatingAdmissionPolicy") and not by_kind(docs, "ValidatingAdmissionPolicyBinding")
     assert [d["metadata"]["name"] for d in by_kind(docs, "ClusterRole")] == ["pinserve-operator"]
     assert [d["metadata"]["name"] for d in by_kind(docs, "ServiceAccount")] == ["pinserve-operator"]
 
@@ -276,6 +282,7 @@ def test_agent_daemonset(rendered: list[Doc]) -> None:
     assert env["PINSERVE_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["PINSERVE_SYSFS_ROOT"] == "/host/sys"
     assert env["PINSERVE_CPU_MANAGER_STATE"] == "/host/var/lib/kubelet/cpu_manager_state"
+    assert env["PINSERVE_POD_RESOURCES_SOCKET"] == "/host/var/lib/kubelet/pod-resources/kubelet.sock"
     assert env["PINSERVE_AGENT_INTERVAL_SECONDS"] == "300"
     assert pod["tolerations"] == [{"operator": "Exists"}]
     assert "priorityClassName" not in pod
@@ -288,18 +295,57 @@ def test_agent_daemonset(rendered: list[Doc]) -> None:
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    # uid 0 only because the kubelet's pod-resources socket admits no other uid (values.yaml says why).
+    assert pod["securityContext"]["runAsUser"] == 0
 
 
-@pytest.mark.parametrize("set_args", [(), ("agent.kubeletDir=/var/snap/microk8s/common/var/lib/kubelet",)])
-def test_agent_host_mounts_are_read_only(set_args: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("set_args", [(), ("agent.kubeletDir=/var/snap/microk8s/common/var/lib/kubelet/",)])
+def test_agent_host_mounts_are_read_only_and_never_the_kubelet_directory(set_args: tuple[str, ...]) -> None:
     pod = one(render(*set_args), "DaemonSet", "agent")["spec"]["template"]["spec"]
-    host_volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    kubelet_dir = set_args[0].split("=", 1)[1] if set_args else "/var/lib/kubelet"
-    assert sorted(host_volumes.values()) == sorted(["/sys", kubelet_dir])
+    host_volumes = {v["name"]: v["hostPath"] for v in pod["volumes"] if "hostPath" in v}
+    kubelet_dir = set_args[0].split("=", 1)[1].rstrip("/") if set_args else "/var/lib/kubelet"
+    assert sorted((h["path"], h["type"]) for h in host_volumes.values()) == sorted([
+        ("/sys", "Directory"),
+        (f"{kubelet_dir}/pod-resources", "Directory"),  # the socket's directory, nothing else of the kubelet's
+        (f"{kubelet_dir}/cpu_manager_state", "File"),  # alone; never created by the runtime
+    ])  # fmt: skip
     mounts = {m["name"]: m for c in pod["containers"] for m in c.get("volumeMounts", [])}
     for name in host_volumes:
         assert mounts[name].get("readOnly") is True, f"hostPath volume {name} is mounted writable"
-    assert {mounts[n]["mountPath"] for n in host_volumes} == {"/host/sys", "/host/var/lib/kubelet"}
+    assert {mounts[n]["mountPath"] for n in host_volumes} == {
+        "/host/sys", "/host/var/lib/kubelet/pod-resources", "/host/var/lib/kubelet/cpu_manager_state"
+    }  # fmt: skip
+
+
+def test_agent_admission_policy_binds_the_agent_to_its_node(rendered: list[Doc]) -> None:
+    (policy,) = by_kind(rendered, "ValidatingAdmissionPolicy")
+    (binding,) = by_kind(rendered, "ValidatingAdmissionPolicyBinding")
+    assert policy["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    (rule,) = spec["matchConstraints"]["resourceRules"]
+    assert set(rule["resources"]) >= {"nodes", "pods"} and rule["operations"] == ["*"]
+    # Only the agent's requests, by its ServiceAccount's user name.
+    account = one(rendered, "DaemonSet", "agent")["spec"]["template"]["spec"]["serviceAccountName"]
+    assert [c["expression"] for c in spec["matchConditions"]] == [
+        f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:{account}'"
+    ]
+    variables = {v["name"]: v["expression"] for v in spec["variables"]}
+    assert "'authentication.kubernetes.io/node-name'" in variables["nodeNames"]
+    rules = " ".join(v["expression"] for v in spec["validations"])
+    assert "oldObject.metadata.name == variables.node" in rules
+    assert "oldObject.spec.?nodeName.orValue('') == variables.node" in rules
+    assert "object.spec == oldObject.spec" in rules
+    assert "startsWith('pinserve.io/')" in variables["foreignLabels"] + variables["foreignAnnotations"]
+    # Renamed ServiceAccount, other namespace: the policy follows.
+    docs = render("serviceAccount.agent.name=node-agent")
+    (renamed,) = by_kind(docs, "ValidatingAdmissionPolicy")
+    assert f"system:serviceaccount:{NAMESPACE}:node-agent'" in renamed["spec"]["matchConditions"][0]["expression"]
+    off = render("agent.admissionPolicy.enabled=false")
+    assert not by_kind(off, "ValidatingAdmissionPolicy") and not by_kind(off, "ValidatingAdmissionPolicyBinding")
+    assert by_kind(off, "DaemonSet")
 
 
 # ---------------------------------------------------------------- generated files and docs

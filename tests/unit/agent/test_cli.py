@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 from fakeapi import make_pod
 
+from fakekubelet import fake_kubelet
 from pinserve.agent import cli
 from pinserve.agent.cpumanager import read_state
 from pinserve.agent.loop import load_topology
 from pinserve.agent.publisher import ANNOTATION_CPU_MANAGER, node_metadata
 from pinserve.pinning import ANNOTATION_CPUS, ANNOTATION_CPUS_SOURCE
-from pinserve.topology.cpuset import parse_cpulist
+from pinserve.topology.cpuset import format_cpulist, parse_cpulist
 from pinserve.topology.model import Topology
 from snapshots import SNAPSHOT_NAMES, snapshot_root
 
@@ -30,6 +31,8 @@ def no_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
                  "PINSERVE_AGENT_INTERVAL_SECONDS", "KUBERNETES_SERVICE_HOST"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
+    # Not the host's kubelet (a machine running one has the default socket): the checkpoint alone.
+    monkeypatch.setenv("PINSERVE_POD_RESOURCES_SOCKET", "")
 
     class NoApi:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -98,6 +101,26 @@ def test_once_dry_run_with_pods_file(name: str, tmp_path: Path, capsys: pytest.C
     assert pods["pinned"][ANNOTATION_CPUS_SOURCE] == "exclusive"
     assert parse_cpulist(pods["pinned"][ANNOTATION_CPUS]) == set(topology.cores[0].cpus)
     assert pods["shared"] == {ANNOTATION_CPUS: out["cpuManager"]["defaultCpuSet"], ANNOTATION_CPUS_SOURCE: "shared"}
+
+
+def test_dry_run_reads_the_pod_resources_socket(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    root = snapshot_root("16em64t-4s2c2t")
+    topology = load_topology(root)
+    state_path = static_state(tmp_path, topology, "uid-pinned")  # says the first core; the kubelet knows better
+    pods_file = tmp_path / "pods.json"
+    pods_file.write_text(json.dumps([make_pod("pinned", "uid-pinned", "n"), make_pod("shared", "uid-shared", "n")]))
+    with fake_kubelet(tmp_path / "kubelet.sock") as kubelet:
+        kubelet.set_pod("ml", "pinned", {"server": "2,3"})
+        kubelet.set_pod("ml", "shared", {"server": ""})
+        monkeypatch.setenv("PINSERVE_POD_RESOURCES_SOCKET", str(kubelet.socket))
+        code, out, err = run(capsys, "--node", "n", "--sysfs-root", str(root), "--cpu-manager-state",
+                             str(state_path), "--dry-run", "--pods-file", str(pods_file))
+    assert code == 0, err
+    assert out["cpuManager"]["source"] == "pod-resources"
+    pods = {p["name"]: p["patch"]["metadata"]["annotations"] for p in out["pods"]}
+    assert pods["pinned"] == {ANNOTATION_CPUS: "2-3", ANNOTATION_CPUS_SOURCE: "exclusive"}
+    assert pods["shared"] == {ANNOTATION_CPUS: format_cpulist(topology.cpus - {2, 3}), ANNOTATION_CPUS_SOURCE: "shared"}
 
 
 def test_dry_run_without_state_file_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

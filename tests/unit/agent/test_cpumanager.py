@@ -53,7 +53,7 @@ def test_static_policy_with_entries(tmp_path: Path) -> None:
     assert state.container_cpus("3f1c1e2a-1111-4c1b-9a55-0b8f7d4f6a11", "model-fetch") == frozenset({0, 16})
     assert state.container_cpus("nope", "server") is None
     assert state.container_cpus("8d2e0c6b-2222-4f0e-8c1e-5e0b1d2c3a44", "sidecar") is None
-    assert state.summary() == {"policy": "static", "defaultCpuSet": "0-1,6-17,22-31"}
+    assert state.summary() == {"policy": "static", "defaultCpuSet": "0-1,6-17,22-31", "source": "checkpoint"}
     assert state.path.endswith("cpu_manager_state")
 
 
@@ -69,7 +69,7 @@ def test_none_policy(tmp_path: Path) -> None:
     assert state.policy == POLICY_NONE and state.known
     assert state.default_cpus == frozenset()
     assert state.reason is None
-    assert state.summary() == {"policy": "none", "defaultCpuSet": ""}
+    assert state.summary() == {"policy": "none", "defaultCpuSet": "", "source": "checkpoint"}
 
 
 def test_checkpoint_v1_entries_by_container_id() -> None:
@@ -84,7 +84,7 @@ def test_missing_file(tmp_path: Path) -> None:
     assert state.policy == POLICY_UNKNOWN and not state.known
     assert state.reason is not None and "does not exist" in state.reason
     assert state.default_cpus is None
-    assert state.summary() == {"policy": "unknown", "reason": state.reason}
+    assert state.summary() == {"policy": "unknown", "source": "checkpoint", "reason": state.reason}
 
 
 def test_directory_instead_of_file(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from fakeapi import FakeApi, make_node, make_pod
 
+from fakekubelet import fake_kubelet
 from pinserve.agent import loop
 from pinserve.agent.loop import AgentConfig, NodeAgent, write_count
 from pinserve.agent.publisher import ANNOTATION_CPU_MANAGER
@@ -232,3 +233,49 @@ async def test_a_loop_dying_of_a_bug_ends_the_run(state_file: Path, monkeypatch:
     monkeypatch.setattr(agent, "refresh_state", broken)
     with pytest.raises(KeyError):
         await asyncio.wait_for(agent.run(asyncio.Event()), 5)
+
+
+async def test_run_loop_reads_the_kubelets_pod_resources_socket(state_file: Path, tmp_path: Path) -> None:
+    """With the socket the assignments are the kubelet's live ones; the checkpoint's entries are not read."""
+    api = FakeApi(nodes=[make_node()], pods=[make_pod("a", "uid-a"), make_pod("b", "uid-b")])
+    with fake_kubelet(tmp_path / "kubelet.sock", allocatable="1-7,9-15") as kubelet:
+        kubelet.set_pod("ml", "a", {"server": "4-5,12-13"})  # not what the checkpoint says (2-3,10-11)
+        kubelet.set_pod("ml", "b", {"server": ""})
+        agent = agent_for(api, state_file, interval=60, state_interval=0.02,
+                          pod_resources_socket=str(kubelet.socket))
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        try:
+            await wait_for("pods a and b", lambda: bool(annotations(api, "a")) and bool(annotations(api, "b")))
+            assert annotations(api, "a") == {ANNOTATION_CPUS: "4-5,12-13", ANNOTATION_CPUS_SOURCE: "exclusive"}
+            assert annotations(api, "b") == {ANNOTATION_CPUS: "0-3,6-11,14-15", ANNOTATION_CPUS_SOURCE: "shared"}
+            summary = json.loads(api.nodes["node-a"]["metadata"]["annotations"][ANNOTATION_CPU_MANAGER])
+            assert summary == {"policy": "static", "defaultCpuSet": "0-3,6-11,14-15",
+                               "allocatableCpuSet": "1-7,9-15", "source": "pod-resources"}
+
+            # The kubelet pins b: both the pod and the node's shared pool follow, from the socket alone.
+            kubelet.set_pod("ml", "b", {"server": "6-7,14-15"})
+            await wait_for("pod b pinned", lambda: annotations(api, "b").get(ANNOTATION_CPUS) == "6-7,14-15")
+            await wait_for("node default set", lambda: '"0-3,8-11"' in api.nodes["node-a"]["metadata"]
+                           ["annotations"][ANNOTATION_CPU_MANAGER])
+
+            # A pod of another owner comes and goes on the node: the shared pool is unchanged (it has no
+            # exclusive CPUs), so neither the node (not even fetched) nor any pod is written.
+            await asyncio.sleep(0.2)
+            writes, gets = api.writes, api.requests["GET"]
+            kubelet.set_pod("other", "web", {"nginx": ""})
+            await wait_for("web seen", lambda: ("other", "web") in agent.state.pod_cpus)
+            kubelet.remove_pod("other", "web")
+            await wait_for("web gone", lambda: ("other", "web") not in agent.state.pod_cpus)
+            assert (api.writes, api.requests["GET"]) == (writes, gets)
+
+            # The kubelet goes away: back to the checkpoint's entries, and the node says why.
+            kubelet.stop()
+            await wait_for("pod a from the checkpoint",
+                           lambda: annotations(api, "a").get(ANNOTATION_CPUS) == "2-3,10-11")
+            summary = json.loads(api.nodes["node-a"]["metadata"]["annotations"][ANNOTATION_CPU_MANAGER])
+            assert summary["source"] == "checkpoint" and "kubelet.sock" in summary["podResourcesError"]
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 5)
+            agent.close()

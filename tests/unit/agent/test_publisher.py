@@ -63,6 +63,7 @@ def test_node_metadata() -> None:
     assert json.loads(annotations[ANNOTATION_CPU_MANAGER]) == {
         "policy": "static",
         "defaultCpuSet": "0,3-4,7-8,11-12,15",
+        "source": "checkpoint",
     }
 
 
@@ -73,7 +74,9 @@ def test_unknown_and_none_policies_are_published_with_the_reason() -> None:
     assert summary["policy"] == "unknown" and "does not exist" in summary["reason"]
     labels, annotations = node_metadata(TOPO, NONE)
     assert labels["pinserve.io/cpu-manager-policy"] == "none"
-    assert json.loads(annotations[ANNOTATION_CPU_MANAGER]) == {"policy": "none", "defaultCpuSet": ""}
+    assert json.loads(annotations[ANNOTATION_CPU_MANAGER]) == {
+        "policy": "none", "defaultCpuSet": "", "source": "checkpoint"
+    }
 
 
 def test_fresh_node_gets_everything_and_then_nothing() -> None:
@@ -94,7 +97,7 @@ def test_only_what_changed_is_patched() -> None:
     node = published(make_node())
     moved = parse_state('{"policyName":"static","defaultCpuSet":"0-15","checksum":3}')
     patch = node_patch(node, TOPO, moved)
-    summary = '{"defaultCpuSet":"0-15","policy":"static"}'
+    summary = '{"defaultCpuSet":"0-15","policy":"static","source":"checkpoint"}'
     assert patch == {"metadata": {"annotations": {ANNOTATION_CPU_MANAGER: summary}}}
 
 

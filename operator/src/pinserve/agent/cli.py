@@ -1,9 +1,11 @@
 """`pinserve agent`: publish this node's CPU topology and its pinserve pods' cpusets.
 
-Runs in the DaemonSet with the host's /sys at /host/sys and the kubelet's directory at /host/var/lib/kubelet
-(both read-only). ``--once`` makes one pass and exits; ``--dry-run`` prints what would be published as JSON
-and makes no API call at all (the node patch is the one a node without pinserve metadata would get; pods
-come from ``--pods-file``, since they cannot be listed).
+Runs in the DaemonSet with the host's /sys at /host/sys and, of the kubelet's directory, only the
+pod-resources socket's directory and the cpu_manager_state file (all read-only): each container's CPUs
+come from the kubelet's pod-resources API, the CPU manager policy from the checkpoint, and without the
+socket the checkpoint's own entries are used. ``--once`` makes one pass and exits; ``--dry-run`` prints
+what would be published as JSON and makes no API call at all (the node patch is the one a node without
+pinserve metadata would get; pods come from ``--pods-file``, since they cannot be listed).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any
 
 import yaml
 
-from pinserve.agent.cpumanager import DEFAULT_STATE_PATH, read_state
+from pinserve.agent.cpumanager import DEFAULT_STATE_PATH
 from pinserve.agent.loop import AgentConfig, NodeAgent, load_topology, write_count
+from pinserve.agent.podresources import DEFAULT_SOCKET, CpuReader
 from pinserve.agent.publisher import node_patch, pod_patches
 from pinserve.kube import Credentials, KubeApi
 from pinserve.topology.model import Topology
@@ -36,6 +39,7 @@ ENV_NODE = "PINSERVE_NODE_NAME"
 ENV_SYSFS_ROOT = "PINSERVE_SYSFS_ROOT"
 ENV_PROC_ROOT = "PINSERVE_PROC_ROOT"
 ENV_STATE = "PINSERVE_CPU_MANAGER_STATE"
+ENV_SOCKET = "PINSERVE_POD_RESOURCES_SOCKET"
 ENV_INTERVAL = "PINSERVE_AGENT_INTERVAL_SECONDS"
 ENV_STATE_INTERVAL = "PINSERVE_AGENT_STATE_INTERVAL_SECONDS"
 
@@ -75,6 +79,9 @@ def build_parser(prog: str = "pinserve agent") -> argparse.ArgumentParser:
                         f"${ENV_PROC_ROOT}, else beside --sysfs-root when it has proc/cpuinfo, else /)")
     parser.add_argument("--cpu-manager-state", default=os.environ.get(ENV_STATE) or DEFAULT_STATE_PATH,
                         help=f"the kubelet's CPU manager checkpoint (default: ${ENV_STATE} or {DEFAULT_STATE_PATH})")
+    parser.add_argument("--pod-resources-socket", default=os.environ.get(ENV_SOCKET, DEFAULT_SOCKET),
+                        help="the kubelet's pod-resources socket, where each container's CPUs are read; empty: "
+                        f"use the checkpoint's entries (default: ${ENV_SOCKET} or {DEFAULT_SOCKET})")
     parser.add_argument("--once", action="store_true", help="one pass, then exit (non-zero on any failure)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the node patch and pod patches as JSON; no API calls (implies --once)")
@@ -109,7 +116,11 @@ def _load_pods(path: str) -> list[dict[str, Any]]:
 
 
 def _dry_run(args: argparse.Namespace, node: str, topology: Topology) -> int:
-    state = read_state(args.cpu_manager_state)
+    reader = CpuReader(args.cpu_manager_state, args.pod_resources_socket or None)
+    try:
+        state = reader.read(topology.cpus, force=True)
+    finally:
+        reader.close()
     out: dict[str, Any] = {
         "node": {"name": node, "patch": node_patch(None, topology, state)},
         "cpuManager": state.summary(),
@@ -137,6 +148,7 @@ async def _run(config: AgentConfig, topology: Topology, once: bool) -> int:
               file=sys.stderr)
         return 1
     api = KubeApi(credentials)
+    agent: NodeAgent | None = None
     try:
         agent = NodeAgent(api, config, topology=topology)
         log.info(
@@ -161,6 +173,8 @@ async def _run(config: AgentConfig, topology: Topology, once: bool) -> int:
                  dict(sorted(api.requests.items())))
         return 0
     finally:
+        if agent is not None:
+            agent.close()
         await api.close()
 
 
@@ -187,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         node=node,
         sysfs_root=args.sysfs_root,
         state_path=args.cpu_manager_state,
+        pod_resources_socket=args.pod_resources_socket or None,
         proc_root=args.proc_root,
         interval=args.interval or _env_float(ENV_INTERVAL, 300.0),
         state_interval=args.state_interval or _env_float(ENV_STATE_INTERVAL, 5.0),

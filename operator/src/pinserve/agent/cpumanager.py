@@ -11,10 +11,17 @@ wrote checkpoint v1, whose ``entries`` map a container ID to its cpuset; both ar
 Nothing here raises for a bad file: a missing, unreadable, empty or garbage file yields a state whose
 ``policy`` is ``unknown`` and whose ``reason`` says why, because a node agent must keep running (and say
 what it cannot see) when the kubelet has no static policy or its directory is not mounted.
+
+The kubelet replaces the file by rename. Mounted alone into a container, the file stays the inode that was
+there when the container started: ``replaced`` is then set (the inode has no link left), and only the
+policy, which the kubelet cannot change without a restart and a deleted checkpoint, is still worth reading.
+:class:`CpuManagerState` is also the merged view of :mod:`pinserve.agent.podresources`, where the
+assignments come from the kubelet's pod-resources API instead (``source``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -30,6 +37,8 @@ __all__ = [
     "POLICY_NONE",
     "POLICY_STATIC",
     "POLICY_UNKNOWN",
+    "SOURCE_CHECKPOINT",
+    "SOURCE_POD_RESOURCES",
     "CpuManagerState",
     "FileSignature",
     "file_signature",
@@ -42,6 +51,9 @@ POLICY_STATIC = "static"
 POLICY_NONE = "none"
 POLICY_UNKNOWN = "unknown"
 KNOWN_POLICIES = (POLICY_STATIC, POLICY_NONE)
+#: Where the CPU assignments of a state come from.
+SOURCE_CHECKPOINT = "checkpoint"
+SOURCE_POD_RESOURCES = "pod-resources"
 
 # A real checkpoint is a few KiB (one line per pinned container); anything far larger is not one.
 MAX_STATE_BYTES = 4 << 20
@@ -52,7 +64,7 @@ FileSignature = tuple[int, int, int]
 
 @dataclass(frozen=True)
 class CpuManagerState:
-    """What the checkpoint says; ``policy`` is ``static``, ``none`` or ``unknown`` (with ``reason``)."""
+    """What the CPU manager says; ``policy`` is ``static``, ``none`` or ``unknown`` (with ``reason``)."""
 
     policy: str
     #: The shared pool (``defaultCpuSet``); None when unknown. Empty under the ``none`` policy.
@@ -65,6 +77,16 @@ class CpuManagerState:
     #: Why the policy is unknown, or what in the file was skipped; None for a clean read.
     reason: str | None = None
     path: str = ""
+    #: The file read had been replaced (its inode has no link left): a single-file mount of an old version.
+    replaced: bool = False
+    #: Where the assignments come from: this checkpoint, or the kubelet's pod-resources API.
+    source: str = SOURCE_CHECKPOINT
+    #: pod-resources: (namespace, pod name) -> container name -> exclusive CPUs (empty: the shared pool).
+    pod_cpus: Mapping[tuple[str, str], Mapping[str, frozenset[int]]] = field(default_factory=dict)
+    #: pod-resources: the CPUs the CPU manager may assign exclusively (None: not known).
+    allocatable: frozenset[int] | None = None
+    #: Why the pod-resources API was not used, when one was configured.
+    pod_resources_error: str | None = None
 
     @property
     def known(self) -> bool:
@@ -77,11 +99,28 @@ class CpuManagerState:
             cpus = self.legacy_entries.get(container_id.rpartition("://")[2])
         return cpus
 
+    def exclusive_cpus(
+        self, pod_uid: str, container: str, container_id: str | None = None, *, namespace: str = "", pod: str = ""
+    ) -> frozenset[int] | None:
+        """The container's exclusive CPUs; empty when it runs in the shared pool; None when unknown.
+
+        From pod-resources a pod the kubelet does not list (yet) is unknown; the checkpoint lists only
+        exclusive assignments, so there a container without an entry is in the shared pool.
+        """
+        if self.source == SOURCE_POD_RESOURCES:
+            return (self.pod_cpus.get((namespace, pod)) or {}).get(container)
+        return self.container_cpus(pod_uid, container, container_id) or frozenset()
+
     def summary(self) -> dict[str, Any]:
         """The small JSON published as the node annotation ``pinserve.io/cpu-manager``."""
         out: dict[str, Any] = {"policy": self.policy}
         if self.default_cpus is not None:
             out["defaultCpuSet"] = format_cpulist(self.default_cpus)
+        if self.allocatable is not None:
+            out["allocatableCpuSet"] = format_cpulist(self.allocatable)
+        out["source"] = self.source
+        if self.pod_resources_error:
+            out["podResourcesError"] = self.pod_resources_error
         if self.reason:
             out["reason"] = self.reason
         return out
@@ -153,6 +192,7 @@ def read_state(path: str | os.PathLike[str]) -> CpuManagerState:
     try:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_STATE_BYTES + 1)
+            replaced = os.fstat(handle.fileno()).st_nlink == 0
     except FileNotFoundError:
         return _unknown(
             where,
@@ -165,7 +205,8 @@ def read_state(path: str | os.PathLike[str]) -> CpuManagerState:
         return _unknown(where, f"cannot read {where}: {exc.strerror or exc}")
     if len(raw) > MAX_STATE_BYTES:
         return _unknown(where, f"{where} is larger than {MAX_STATE_BYTES} bytes; not a CPU manager checkpoint")
-    return parse_state(raw.decode("utf-8", errors="replace"), where)
+    state = parse_state(raw.decode("utf-8", errors="replace"), where)
+    return dataclasses.replace(state, replaced=True) if replaced else state
 
 
 def file_signature(path: str | os.PathLike[str]) -> FileSignature | None:

@@ -4,8 +4,9 @@ Three activities share one lock and one view (topology, CPU manager state, pods 
 
 * a pod watch (``fieldSelector=spec.nodeName=<node>``, ``labelSelector=app.kubernetes.io/managed-by=pinserve``)
   that lists once, then follows events and relists when the watch expires (410) or breaks;
-* a cheap check of the checkpoint file every few seconds (inode, size, mtime), re-reading it only when it
-  changed, and republishing the node and every pod when its content did;
+* a look at the CPU assignments every few seconds: the kubelet's pod-resources API (one ``List``), and
+  the checkpoint file (inode, size, mtime; re-read only when it changed), republishing the node and every
+  pod when what they say changed (:class:`pinserve.agent.podresources.CpuReader`);
 * a full pass every ``interval`` seconds (topology re-read, checkpoint re-read, node GET) that repairs
   anything edited away by hand.
 
@@ -18,16 +19,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 
-from pinserve.agent.cpumanager import CpuManagerState, FileSignature, file_signature, read_state
-from pinserve.agent.publisher import POD_LABEL_SELECTOR, node_patch, on_node, pod_patch
+from pinserve.agent.agentapi import WRITE_VERBS, AgentApi, write_count
+from pinserve.agent.cpumanager import CpuManagerState
+from pinserve.agent.podresources import CpuReader
+from pinserve.agent.publisher import POD_LABEL_SELECTOR, node_metadata, node_patch, on_node, pod_patch
 from pinserve.kube import ApiError
 from pinserve.topology import read_cpuinfo, read_topology
 from pinserve.topology.model import Topology
@@ -44,7 +46,6 @@ __all__ = [
 
 log = logging.getLogger("pinserve.agent")
 
-WRITE_VERBS: tuple[str, ...] = ("POST", "PUT", "PATCH", "DELETE")
 # A network error or an API server restart: wait, then relist. Doubling up to a minute.
 _BACKOFF_FIRST = 1.0
 _BACKOFF_MAX = 60.0
@@ -52,38 +53,14 @@ _BACKOFF_MAX = 60.0
 _POD_GONE = frozenset({404, 409, 422})
 
 
-def write_count(requests: Mapping[str, int]) -> int:
-    """How many of the counted API requests were writes."""
-    return sum(requests.get(verb, 0) for verb in WRITE_VERBS)
-
-
-class AgentApi(Protocol):
-    """The part of :class:`pinserve.kube.KubeApi` the agent uses (tests pass an in-memory fake)."""
-
-    requests: Counter[str]
-
-    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None: ...
-
-    async def merge_patch(
-        self, kind: str, namespace: str | None, name: str, patch: Mapping[str, Any], sub: str = ""
-    ) -> dict[str, Any]: ...
-
-    async def list_object(
-        self, kind: str, namespace: str | None = None, *, label_selector: str | None = None,
-        field_selector: str | None = None,
-    ) -> dict[str, Any]: ...
-
-    def watch(
-        self, kind: str, namespace: str | None = None, *, label_selector: str | None = None,
-        field_selector: str | None = None, resource_version: str | None = None, timeout_seconds: int = 300,
-    ) -> AsyncIterator[dict[str, Any]]: ...
-
-
 @dataclass(frozen=True)
 class AgentConfig:
     node: str
     sysfs_root: str = "/"
     state_path: str = "/var/lib/kubelet/cpu_manager_state"
+    #: The kubelet's pod-resources socket; None: CPU assignments from the checkpoint only.
+    pod_resources_socket: str | None = None
+    pod_resources_timeout: float = 5.0
     #: Where /proc/cpuinfo lives; None: beside ``sysfs_root`` when there is one there, else ``/``.
     proc_root: str | None = None
     interval: float = 300.0
@@ -140,8 +117,10 @@ class NodeAgent:
         self.topology: Topology = topology if topology is not None else load_topology(
             config.sysfs_root, config.proc_root
         )
-        self.state: CpuManagerState = read_state(config.state_path)
-        self._state_signature: FileSignature | None = file_signature(config.state_path)
+        self.cpu = CpuReader(config.state_path, config.pod_resources_socket, timeout=config.pod_resources_timeout)
+        self.state: CpuManagerState = self.cpu.read(self.topology.cpus, force=True)
+        # The node metadata last found or made right on the Node: a republish with the same skips the GET.
+        self._node_synced: tuple[dict[str, str], dict[str, str]] | None = None
         self.pods: dict[str, dict[str, Any]] = {}  # by UID, as last seen (list, watch or our own patch)
         self._lock = asyncio.Lock()
         # Set when the checkpoint changed and the node and pods have not all been republished since.
@@ -150,16 +129,18 @@ class NodeAgent:
 
     # -- local inputs ---------------------------------------------------------------------------------
 
-    def refresh_state(self, *, force: bool = False) -> bool:
-        """Re-read the checkpoint if its file changed (or ``force``); True when what it says changed."""
-        signature = file_signature(self.config.state_path)
-        if not force and signature == self._state_signature and signature is not None:
-            return False
-        self._state_signature = signature
-        state = read_state(self.config.state_path)
+    def close(self) -> None:
+        self.cpu.close()
+
+    async def refresh_state(self, *, force: bool = False) -> bool:
+        """Look at the CPU assignments again (``force``: re-read everything); True when they changed.
+
+        The socket is read in a worker thread: a kubelet slow to answer never stalls the pod watch.
+        """
+        state = await asyncio.to_thread(self.cpu.read, self.topology.cpus, force=force)
         changed = state != self.state
         if changed:
-            log.info("cpu manager state now: %s", state.summary())
+            log.info("cpu manager state now: %s", _brief(state))
             self._republish = True
         self.state = state
         return changed
@@ -187,10 +168,13 @@ class NodeAgent:
         if node is None:
             log.error("node %s does not exist; nothing to publish on", self.config.node)
             return None
+        wanted = node_metadata(self.topology, self.state)
         patch = node_patch(node, self.topology, self.state)
         if patch is None:
+            self._node_synced = wanted
             return False
         await self.api.merge_patch("Node", None, self.config.node, patch)
+        self._node_synced = wanted
         log.info("node %s: published %s", self.config.node, sorted(_keys(patch)))
         return True
 
@@ -219,9 +203,14 @@ class NodeAgent:
         return True
 
     async def republish(self) -> None:
-        """Sync the node and every cached pod (after the checkpoint changed); retried until it succeeds."""
+        """Sync the node and every cached pod (after the CPU assignments changed); retried until it succeeds.
+
+        The node is fetched only when what the agent publishes on it changed: assignments of pods on the
+        node change the shared pool, not necessarily anything else.
+        """
         self._republish = True
-        await self.sync_node()
+        if node_metadata(self.topology, self.state) != self._node_synced:
+            await self.sync_node()
         _, _, errors = await self.sync_pods()
         self._republish = bool(errors)
 
@@ -256,7 +245,7 @@ class NodeAgent:
             before = self._writes()
             result = PassResult()
             self.refresh_topology()
-            self.refresh_state(force=True)
+            await self.refresh_state(force=True)
             try:
                 patched = await self.sync_node()
                 result.node_found = patched is not None
@@ -298,7 +287,7 @@ class NodeAgent:
                 async with self._lock:
                     before = self._writes()
                     self.refresh_topology()
-                    self.refresh_state(force=True)
+                    await self.refresh_state(force=True)
                     found = await self.sync_node()
                     _, patched, errors = await self.sync_pods()
                     self._republish = bool(errors)
@@ -319,7 +308,7 @@ class NodeAgent:
         while not await _sleep(stop, self.config.state_interval):
             try:
                 async with self._lock:
-                    if self.refresh_state() or self._republish:
+                    if await self.refresh_state() or self._republish:
                         await self.republish()
             except (ApiError, aiohttp.ClientError, TimeoutError, OSError) as exc:
                 log.error("publishing the new CPU manager state failed: %s", exc)
@@ -332,7 +321,7 @@ class NodeAgent:
                 if rv is None:
                     async with self._lock:
                         rv = await self.list_pods()
-                        if self.refresh_state():
+                        if await self.refresh_state():
                             await self.republish()
                         else:
                             await self.sync_pods()
@@ -380,10 +369,10 @@ class NodeAgent:
                 # Queued before our own patch, whose answer is already cached: nothing new in it.
                 return new_rv
             self.pods[uid] = dict(obj)
-            # The kubelet records a container's CPUs before starting it; a pod just seen running may be
-            # newer than our last look at the file, so look again (a stat when nothing changed).
+            # The kubelet assigns a container's CPUs before starting it; a pod just seen running may be
+            # newer than our last look, so look again (reused if younger than the socket's short window).
             try:
-                if self.refresh_state():
+                if await self.refresh_state():
                     await self.republish()
                 else:
                     await self.sync_pod(obj)
@@ -400,6 +389,12 @@ def _older(meta: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
     """
     mine, theirs = str(meta.get("resourceVersion") or ""), str(than.get("resourceVersion") or "")
     return mine.isdecimal() and theirs.isdecimal() and int(mine) < int(theirs)
+
+
+def _brief(state: CpuManagerState) -> str:
+    """The node summary and how many pods the assignments name: a log line, not the whole map."""
+    pods = f", {len(state.pod_cpus)} pod(s) listed" if state.pod_cpus else ""
+    return f"{state.summary()}{pods}"
 
 
 def _keys(patch: Mapping[str, Any]) -> list[str]:

@@ -110,9 +110,10 @@ def pod_cpus(pod: Mapping[str, Any], state: CpuManagerState, topology: Topology)
 
     Nothing is said for a pod that is finishing or finished, has no ``server`` container, whose server
     container was never created (the kubelet assigns CPUs at admission and records them before the
-    container starts, so a created container's entry is final), or when the checkpoint is unreadable.
-    A container without an entry runs in the shared pool: ``defaultCpuSet``, or every online CPU under
-    the ``none`` policy, whose checkpoint leaves the default set empty.
+    container starts, so a created container's entry is final), when the policy is unknown, or when the
+    kubelet's pod-resources API does not list the pod. A container without exclusive CPUs runs in the
+    shared pool: ``defaultCpuSet``, or every online CPU under the ``none`` policy, whose checkpoint leaves
+    the default set empty.
     """
     meta = pod.get("metadata") or {}
     if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in _FINISHED_PHASES:
@@ -125,7 +126,10 @@ def pod_cpus(pod: Mapping[str, Any], state: CpuManagerState, topology: Topology)
         return None
     if not state.known:
         return None
-    exclusive = state.container_cpus(str(meta.get("uid") or ""), SERVER_CONTAINER, status.get("containerID"))
+    exclusive = state.exclusive_cpus(str(meta.get("uid") or ""), SERVER_CONTAINER, status.get("containerID"),
+                                     namespace=str(meta.get("namespace") or ""), pod=str(meta.get("name") or ""))
+    if exclusive is None:
+        return None
     if exclusive:
         return format_cpulist(exclusive), SOURCE_EXCLUSIVE
     if state.default_cpus is None:
