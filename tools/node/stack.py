@@ -102,7 +102,7 @@ class RealNodeStack:
         source = ms["spec"]["model"]
         source.pop("uri", None)
         source["image"] = model.ref
-        source["path"] = "/model"
+        source["path"] = "model"  # the image holds the SavedModel at /model
         # The stand-in is a Python process with TensorFlow loaded (~400 MB), unlike TF Serving's binary.
         ms["spec"]["resources"]["memory"] = "1Gi"
         return ms

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,27 @@ from pinserve.settings import Settings
 log = logging.getLogger("pinserve")
 
 
+def in_cluster_server(env: Mapping[str, str]) -> str | None:
+    """The API server as client-go finds it in a pod: KUBERNETES_SERVICE_HOST/PORT, not a DNS name.
+
+    kopf's service-account login hard-codes https://kubernetes.default.svc, which needs cluster DNS and
+    ignores a chart's apiServer override (pods on the host network, clusters without kube-proxy).
+    """
+    host = env.get("KUBERNETES_SERVICE_HOST", "").strip()
+    if not host:
+        return None
+    port = env.get("KUBERNETES_SERVICE_PORT", "").strip() or "443"
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """The same sources as kube.Credentials, read when called: in-cluster first, then $KUBECONFIG."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    info = kopf.login_with_service_account(**kwargs)
+    if info is not None:
+        server = in_cluster_server(os.environ)
+        return dataclasses.replace(info, server=server) if server else info
+    return kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.startup()
