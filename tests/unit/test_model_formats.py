@@ -153,7 +153,7 @@ def test_frozen_graph_is_fetched_and_converted_in_the_bench_image(render: Callab
                             "--format", "frozenGraph", "--input", "ImageTensor=ImageTensor:0",
                             "--output", "A=a/b:1", "--output", "SemanticPredictions=SemanticPredictions:0"]
     # Guaranteed in whole CPUs like every init container, with the conversion's memory.
-    assert init["resources"]["requests"] == init["resources"]["limits"] == {"cpu": "1", "memory": "2Gi"}
+    assert init["resources"]["requests"] == init["resources"]["limits"] == {"cpu": "500m", "memory": "2Gi"}
 
 
 def test_keras_and_saved_model_args(render: Callable[..., dict[str, Any]]) -> None:
@@ -163,7 +163,7 @@ def test_keras_and_saved_model_args(render: Callable[..., dict[str, Any]]) -> No
     assert keras["resources"]["limits"] == {"cpu": "2", "memory": "3Gi"}
     saved = render({"uri": URI, "format": "savedModel"})
     assert saved["image"] == "pinserve/operator:t" and "--format" not in saved["args"]
-    assert saved["resources"]["limits"] == {"cpu": "1", "memory": "512Mi"}
+    assert saved["resources"]["limits"] == {"cpu": "500m", "memory": "512Mi"}
 
 
 def test_convert_memory_setting() -> None:

@@ -48,11 +48,19 @@ class Settings:
     resync_seconds: int = 60
     keep_bench_jobs: int = 3
     bench_retries: int = 2
+    # Bounds on the benchmark's waits (seconds): its pod Pending as Unschedulable, and a finished Job's
+    # report (termination message) that has not arrived, e.g. because its pod was deleted.
+    bench_unschedulable_seconds: int = 300
+    bench_report_grace_seconds: int = 60
     # Without the node agent we cannot see SMT; one thread per core is the assumption
     # that never asks the kubelet for half a core.
     assumed_threads_per_core: int = 1
-    # The model-fetch init container: whole CPUs too, or the pod is not Guaranteed.
-    fetch_cpu: int = 1
+    # The model init container (fetch, copy, convert): requests == limits, so the pod stays Guaranteed,
+    # but a fraction of a CPU, so it runs in the shared pool and takes no exclusive CPU. A whole-CPU init
+    # container is rejected by the kubelet's static policy with full-pcpus-only on SMT nodes (1 CPU is
+    # half a core) and, on a node with exactly the server's cores free, because the kubelet does not
+    # count an init container's CPUs as reusable there (SMTAlignmentError, seen on v1.34).
+    fetch_cpu: str = "500m"
     fetch_memory: str = "512Mi"
     # The same init container converting a frozenGraph or keras model (bench image, TensorFlow loads the
     # whole model): its memory limit.
@@ -76,10 +84,14 @@ class Settings:
             resync_seconds=_int(env, "PINSERVE_RESYNC_SECONDS", default.resync_seconds),
             keep_bench_jobs=_int(env, "PINSERVE_KEEP_BENCH_JOBS", default.keep_bench_jobs),
             bench_retries=_int(env, "PINSERVE_BENCH_RETRIES", default.bench_retries),
+            bench_unschedulable_seconds=_int(env, "PINSERVE_BENCH_UNSCHEDULABLE_SECONDS",
+                                             default.bench_unschedulable_seconds),
+            bench_report_grace_seconds=_int(env, "PINSERVE_BENCH_REPORT_GRACE_SECONDS",
+                                            default.bench_report_grace_seconds),
             assumed_threads_per_core=_int(
                 env, "PINSERVE_ASSUMED_THREADS_PER_CORE", default.assumed_threads_per_core
             ),
-            fetch_cpu=_int(env, "PINSERVE_FETCH_CPU", default.fetch_cpu),
+            fetch_cpu=_cpu(env, "PINSERVE_FETCH_CPU") or default.fetch_cpu,
             fetch_memory=env.get("PINSERVE_FETCH_MEMORY") or default.fetch_memory,
             convert_memory=env.get("PINSERVE_CONVERT_MEMORY") or default.convert_memory,
             bench_cpu=_cpu(env, "PINSERVE_BENCH_CPU"),

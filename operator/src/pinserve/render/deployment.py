@@ -37,8 +37,8 @@ _THREAD_ENV = {
 }
 
 
-def guaranteed(cpus: int, memory: str) -> dict[str, dict[str, str]]:
-    """Requests == limits in whole CPUs: the only shape the static CPU manager pins."""
+def guaranteed(cpus: int | str, memory: str) -> dict[str, dict[str, str]]:
+    """Requests == limits (Guaranteed QoS); whole CPUs are the only shape the static CPU manager pins."""
     amount = {"cpu": str(cpus), "memory": memory}
     return {"requests": dict(amount), "limits": dict(amount)}
 
@@ -185,6 +185,9 @@ def render_deployment(ms: ModelServer, placement: Placement, settings: Settings)
             model["mount"],
         ],
         "securityContext": {"allowPrivilegeEscalation": False},
+        # A crash says why in the pod's status (and so in Ready=False CrashLooping): the log's tail
+        # when the server wrote no termination message.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod_spec: dict[str, Any] = {
         "enableServiceLinks": False,
