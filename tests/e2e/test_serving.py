@@ -7,6 +7,7 @@ the ModelServer.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from e2e_support import Backend, exec_in, modelserver, start_line
 from pinserve.topology.cpuset import parse_cpulist
 from pinserve.topology.model import Topology
 from pinserve.topology.sysfs import read_topology
+from tools.node.config import BRIDGE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
@@ -56,6 +58,16 @@ def test_server_pods_are_guaranteed_with_the_cpus_status_reports(backend: Backen
         assert parse_cpulist(cgroup) == parse_cpulist(pod["cpus"])
         # The agent read the same set from the kubelet and published it on the pod.
         assert parse_cpulist(live["metadata"]["annotations"]["pinserve.io/cpus"]) == parse_cpulist(pod["cpus"])
+
+
+def test_pod_traffic_stays_on_this_machine(backend: Backend) -> None:
+    """The host reaches the pods over the node's bridge (the kubelet's probes), never its default route."""
+    if backend.name != "realnode":
+        pytest.skip("the local real node's network only")
+    for pod in _pods(backend):
+        ip = backend.kubectl("get", "pod", "-n", backend.namespace, pod["name"], "-o", "jsonpath={.status.podIP}")
+        route = subprocess.run(["ip", "route", "get", ip], capture_output=True, text=True, check=True).stdout
+        assert f"dev {BRIDGE} " in route, route
 
 
 def test_the_kubelet_assigned_those_cpus_exclusively(backend: Backend) -> None:

@@ -25,7 +25,7 @@ import yaml
 NODE_NAME = "127.0.0.1"  # as hack/local-up-cluster.sh: a loopback node IP is otherwise refused
 BRIDGE = "pinserve0"
 CNI_NETWORK = "pinserve"
-POD_SUBNET = "10.244.77.0/24"  # a bridge with no gateway: pods reach each other, nothing else
+POD_SUBNET = "10.244.77.0/24"  # pods reach each other and the host (probes), nothing beyond
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 
 
@@ -138,14 +138,18 @@ def containerd_toml(layout: NodeLayout, *, sandbox_image: str, cni_bin: str) -> 
 
 
 def cni_conflist(layout: NodeLayout) -> str:
-    """One bridge without a gateway or masquerading: no route, no iptables rule, no ip_forward."""
+    """One bridge holding the subnet's gateway address, so the host (the kubelet's probes) routes to the
+    pods over it instead of its default route; but no default route in the pods and no masquerading, so
+    pod traffic never leaves the machine. (The plugin turns on ip_forward for a gateway bridge; the host
+    ledger puts it back.)"""
     return json.dumps({
         "cniVersion": "0.4.0",
         "name": CNI_NETWORK,
         "plugins": [{
             "type": "bridge",
             "bridge": BRIDGE,
-            "isGateway": False,
+            "isGateway": True,
+            "isDefaultGateway": False,
             "ipMasq": False,
             "hairpinMode": True,
             "ipam": {

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tools.cluster import ClusterError, cache_root, log
+from tools.node.host import mounts_below
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUITE = "bookworm"
@@ -93,6 +94,15 @@ class Buildah:
                 "--storage-driver", self.driver]
         env = {**os.environ, "BUILDAH_ISOLATION": "chroot", "STORAGE_DRIVER": self.driver}
         return _run([*base, *args], cwd=cwd, env=env)
+
+    def release(self) -> None:
+        """Leave no working container and no mount behind (buildah's overlay storage mounts itself)."""
+        if not (self.root / "storage").is_dir():
+            return
+        with contextlib.suppress(ClusterError):
+            self("rm", "--all")
+        for point in mounts_below(self.root):
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
     def export(self, ref: str, archive: Path) -> None:
         tmp = archive.with_suffix(".tmp")
@@ -297,7 +307,10 @@ class ImageBuilder:
 def build_node_images(builder: ImageBuilder | None = None) -> dict[str, Image]:
     """Every image the real node's pods use, built or taken from the cache."""
     builder = builder or ImageBuilder()
-    base = builder.base()
-    operator = builder.dockerfile_target("operator", base)
-    bench = builder.dockerfile_target("bench", base)
-    return {"pause": builder.pause(), "operator": operator, "bench": bench, "standin": builder.standin(bench)}
+    try:
+        base = builder.base()
+        operator = builder.dockerfile_target("operator", base)
+        bench = builder.dockerfile_target("bench", base)
+        return {"pause": builder.pause(), "operator": operator, "bench": bench, "standin": builder.standin(bench)}
+    finally:
+        builder.buildah.release()

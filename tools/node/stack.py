@@ -92,7 +92,11 @@ class RealNodeStack:
         model_dir = cache_root() / "realnode-models" / "half_plus_two"
         if not (model_dir / "saved_model.pb").is_file():
             build_dir(model_dir)
-        image = ImageBuilder().model("half-plus-two", model_dir)
+        builder = ImageBuilder()
+        try:
+            image = builder.model("half-plus-two", model_dir)
+        finally:
+            builder.buildah.release()
         self.node.import_image(image)
         return image
 
@@ -105,6 +109,8 @@ class RealNodeStack:
         source["path"] = "model"  # the image holds the SavedModel at /model
         # The stand-in is a Python process with TensorFlow loaded (~400 MB), unlike TF Serving's binary.
         ms["spec"]["resources"]["memory"] = "1Gi"
+        # The server is the chart's default here (server.image: the stand-in), not the example's stock image.
+        ms["spec"].get("server", {}).pop("image", None)
         return ms
 
     def apply(self, obj: dict[str, Any], namespace: str = DEMO_NAMESPACE) -> None:

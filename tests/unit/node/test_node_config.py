@@ -30,10 +30,14 @@ def test_containerd_keeps_everything_under_the_state_dir_and_refuses_negative_oo
     assert cri["cni"] == {"bin_dir": "/usr/lib/cni", "conf_dir": "/state/node/cni/net.d", "max_conf_num": 1}
 
 
-def test_the_pod_network_adds_no_route_no_nat_and_keeps_its_leases_in_the_state_dir() -> None:
+def test_the_host_routes_to_the_pods_but_pod_traffic_never_leaves_the_machine() -> None:
     net = json.loads(config.cni_conflist(LAYOUT))
     bridge = net["plugins"][0]
-    assert (bridge["type"], bridge["isGateway"], bridge["ipMasq"]) == ("bridge", False, False)
+    # The bridge holds the gateway address: the host's route to the pod subnet (probes go over it).
+    assert (bridge["type"], bridge["isGateway"]) == ("bridge", True)
+    # No default route in the pods and no NAT: nothing a pod sends can leave the host.
+    assert (bridge["isDefaultGateway"], bridge["ipMasq"]) == (False, False)
+    assert "routes" not in bridge["ipam"]
     assert bridge["ipam"]["dataDir"] == "/state/node/cni/ipam"
 
 
