@@ -37,7 +37,8 @@ def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     kubeconfig = tmp_path_factory.mktemp("bench-operator") / "kubeconfig"
     install_operator_rbac(cluster, kubeconfig)
     with running_operator(kubeconfig, PINSERVE_RESYNC_SECONDS="2", PINSERVE_BENCH_RETRIES="1",
-                          PINSERVE_KEEP_BENCH_JOBS="2") as runner:
+                          PINSERVE_KEEP_BENCH_JOBS="2", PINSERVE_BENCH_UNSCHEDULABLE_SECONDS="3",
+                          PINSERVE_BENCH_REPORT_GRACE_SECONDS="3") as runner:
         yield runner
     assert runner.exception is None, runner.exception
 
@@ -145,3 +146,74 @@ def test_bad_or_failed_benchmarks_become_conditions(cluster: Any, operator: Any,
     assert condition(ms, "Ready")["status"] == "True"  # the server stays Ready
     assert ms["status"]["benchmark"]["error"]["reason"] == reason
     # (the module fixture checks at teardown that the operator never raised)
+
+
+# -- issue 10 item 6: every wait is bounded ---------------------------------------------------------------
+
+
+def benchmarked(cluster: Any, namespace: str, name: str, status: str, timeout: float = 60) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        cond = condition(get_ms(cluster, namespace, name), "Benchmarked")
+        return cond if cond.get("status") == status else None
+
+    return eventually(f"Benchmarked={status}", probe, timeout=timeout)
+
+
+def test_a_client_that_cannot_be_scheduled_ends_in_client_unschedulable(cluster: Any, operator: Any,
+                                                                        namespace: str) -> None:
+    # 64 whole CPUs beside the server on its own node: no node has that many left.
+    spec = {**bench_spec(), "physicalCores": 64, "placement": "SameNode"}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(modelserver("bu", cores=1,
+                                                                                           benchmark=spec)))
+    eventually("job bu-bench-1", lambda: cluster.exists("-n", namespace, "job", "bu-bench-1"), timeout=90)
+    cond = benchmarked(cluster, namespace, "bu", "False")
+    assert cond["reason"] == "ClientUnschedulable", cond
+    assert "could not be scheduled for 3s" in cond["message"] and "Insufficient cpu" in cond["message"]
+    ms = get_ms(cluster, namespace, "bu")
+    assert ms["status"]["benchmark"]["error"]["reason"] == "ClientUnschedulable"
+    # The Job is deleted and no other attempt is started: it would wait for the same CPUs.
+    eventually("the Job to be deleted", lambda: not cluster.exists("-n", namespace, "job", "bu-bench-1"))
+    assert [j["metadata"]["name"] for j in cluster.get_json("-n", namespace, "jobs")["items"]] == []
+
+
+def test_a_job_past_its_deadline_is_timed_out_retried_then_reported(cluster: Any, operator: Any,
+                                                                     namespace: str) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(modelserver("bt", cores=1,
+                                                                                           benchmark=bench_spec())))
+    for job_name in ("bt-bench-1", "bt-bench-1-r1"):
+        eventually(f"job {job_name}", lambda job_name=job_name: cluster.exists("-n", namespace, "job", job_name),
+                   timeout=90)
+        bench_pod(cluster, namespace, job_name)  # running, never finishing (no fake exit code)
+        if job_name.endswith("-r1"):
+            cond = benchmarked_says(cluster, namespace, "bt", "attempt 2, after TimedOut: job bt-bench-1 did not "
+                                    "finish within its activeDeadlineSeconds (1s)")
+            assert (cond["status"], cond["reason"]) == ("Unknown", "Running")
+        # What a hung client meets after duration + 900 s: the Job controller's deadline.
+        cluster.kubectl("patch", "-n", namespace, f"job/{job_name}", "--type=merge",
+                        "-p", json.dumps({"spec": {"activeDeadlineSeconds": 1}}))
+    cond = benchmarked(cluster, namespace, "bt", "False")
+    assert cond["reason"] == "TimedOut", cond
+    assert get_ms(cluster, namespace, "bt")["status"]["benchmark"]["jobName"] == "bt-bench-1-r1"
+
+
+def benchmarked_says(cluster: Any, namespace: str, name: str, text: str) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        cond = condition(get_ms(cluster, namespace, name), "Benchmarked")
+        return cond if text in cond.get("message", "") else None
+
+    return eventually(f"Benchmarked saying {text!r}", probe, timeout=60)
+
+
+def test_a_deleted_client_pod_ends_in_no_report_and_a_retry(cluster: Any, operator: Any, namespace: str) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(modelserver("bd", cores=1,
+                                                                                           benchmark=bench_spec())))
+    eventually("job bd-bench-1", lambda: cluster.exists("-n", namespace, "job", "bd-bench-1"), timeout=90)
+    pod = bench_pod(cluster, namespace, "bd-bench-1")
+    cluster.kubectl("delete", "-n", namespace, f"pod/{pod['metadata']['name']}", "--wait=false")
+
+    cond = benchmarked_says(cluster, namespace, "bd", "attempt 2, after NoReport: job bd-bench-1 finished")
+    assert "no report after 3s" in cond["message"], cond
+    retry = bench_pod(cluster, namespace, "bd-bench-1-r1")
+    finish(cluster, namespace, retry["metadata"]["name"], message=json.dumps(REPORT))
+    cond = benchmarked(cluster, namespace, "bd", "True")
+    assert get_ms(cluster, namespace, "bd")["status"]["benchmark"]["jobName"] == "bd-bench-1-r1"

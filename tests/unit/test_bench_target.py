@@ -16,6 +16,7 @@ from pinserve.status import Condition
 pytestmark = pytest.mark.unit
 
 READY = Condition("Ready", "True", "Available", "1/1 replicas ready")
+NOW = "2024-01-01T00:00:00Z"
 
 
 def pod(name: str, ip: str | None = "10.1.0.7", phase: str = "Running", ready: str = "True",
@@ -53,7 +54,7 @@ def test_service_target_and_whole_cpus_by_default(make_ms: Callable[..., dict[st
 def test_pod_target_and_a_fractional_client_cpu(make_ms: Callable[..., dict[str, Any]]) -> None:
     ms = parse_modelserver(make_ms())
     settings = Settings(bench_target="pod", bench_cpu="500m")
-    decision = evaluate(ms, READY, jobs=[], current=None, settings=settings, server_pods=[pod("a")])
+    decision = evaluate(ms, READY, jobs=[], current=None, settings=settings, server_pods=[pod("a")], now=NOW)
     container = decision.apply[0]["spec"]["template"]["spec"]["containers"][0]
     args = container["args"]
     assert args[args.index("--target") + 1] == "10.1.0.7:8500"
@@ -64,7 +65,7 @@ def test_pod_target_and_a_fractional_client_cpu(make_ms: Callable[..., dict[str,
 def test_pod_target_waits_for_a_ready_pod(make_ms: Callable[..., dict[str, Any]]) -> None:
     ms = parse_modelserver(make_ms())
     decision = evaluate(ms, READY, jobs=[], current=None, settings=Settings(bench_target="pod"),
-                        server_pods=[pod("a", ready="False")])
+                        server_pods=[pod("a", ready="False")], now=NOW)
     assert decision.apply == []
     assert (decision.condition.status, decision.condition.reason) == ("Unknown", "WaitingForServerPod")
 

@@ -70,11 +70,14 @@ def bench_pod(job_name: str, message: str | None, exit_code: int = 0) -> dict[st
             "status": {"containerStatuses": [{"name": "bench", "state": {"terminated": terminated}}]}}
 
 
+NOW = "2024-01-01T00:10:05Z"  # five seconds after the test Jobs finish
+
+
 def decide(ms: ModelServer, placement: Placement, *, jobs: list[dict[str, Any]] | None = None,
            pods: list[dict[str, Any]] | None = None, current: dict[str, Any] | None = None,
-           ready: Condition = READY, settings: Settings = SETTINGS) -> benchflow.BenchDecision:
+           ready: Condition = READY, settings: Settings = SETTINGS, now: str = NOW) -> benchflow.BenchDecision:
     del placement  # the Job targets the Service; callers keep passing a planned placement for realism
-    return evaluate(ms, ready, jobs=jobs or [], current=current, settings=settings, pods=pods or [])
+    return evaluate(ms, ready, jobs=jobs or [], current=current, settings=settings, pods=pods or [], now=now)
 
 
 # -- starting ---------------------------------------------------------------------------------------------

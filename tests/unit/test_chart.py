@@ -174,7 +174,7 @@ OPERATOR_RULES = {
     ("", "services"): {"get", "list", "watch", "create", "patch", "update"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "pods"): {"get", "list", "watch"},
+    ("", "pods"): {"get", "list", "watch", "delete"},  # admission-rejected server pods beyond the newest few
     ("", "nodes"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},

@@ -604,7 +604,7 @@ def _operator_statuses(
             "status": {"containerStatuses": [{"name": "bench", "state": {"terminated": terminated}}]},
         }
         decision = benchflow.evaluate(
-            ms, ready, jobs=[job], current=None, settings=settings, pods=[bench_pod]
+            ms, ready, jobs=[job], current=None, settings=settings, pods=[bench_pod], now="2024-01-01T01:00:00Z"
         )
         assert decision.status, "the benchmark flow wrote no status"
         fields = {

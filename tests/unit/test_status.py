@@ -162,14 +162,15 @@ class FakeApi:
                            resource_version: str | None = None) -> dict[str, Any]:
         self.calls.append((namespace, name, copy.deepcopy(dict(patch))))
         self.status = apply_merge_patch(self.status or {}, patch["status"])
-        return {"status": self.status}
+        return {"metadata": {"resourceVersion": str(len(self.calls) + 100)}, "status": self.status}
 
 
 async def test_write_status_writes_once_then_not_again() -> None:
     api = FakeApi()
     desired = desired_status(None, generation=1, conditions=[Condition("Ready", "False", "Deploying")],
                              fields={"placement": {"cpuRequest": 8}}, now=T0)
-    assert await write_status(api, "ml", "rfcn", None, desired) is True
+    answer = await write_status(api, "ml", "rfcn", None, desired)
+    assert answer is not None and answer["metadata"]["resourceVersion"] == "101"  # the object it made
     assert len(api.calls) == 1
     namespace, name, patch = api.calls[0]
     assert (namespace, name) == ("ml", "rfcn") and patch["status"]["placement"] == {"cpuRequest": 8}
@@ -178,7 +179,7 @@ async def test_write_status_writes_once_then_not_again() -> None:
     again = desired_status(api.status, generation=1, conditions=[Condition("Ready", "False", "Deploying")],
                            fields={"placement": {"cpuRequest": 8}}, now=T1)
     assert again == desired
-    assert await write_status(api, "ml", "rfcn", api.status, again) is False
+    assert await write_status(api, "ml", "rfcn", api.status, again) is None
     assert len(api.calls) == 1
 
 
@@ -186,6 +187,6 @@ async def test_write_status_sends_only_the_difference() -> None:
     current = {"observedGeneration": 1, "placement": {"cpuRequest": 8, "nodes": ["a"]}, "readyReplicas": 0}
     api = FakeApi(copy.deepcopy(current))
     desired = {"observedGeneration": 1, "placement": {"cpuRequest": 8}, "readyReplicas": 1}
-    assert await write_status(api, "ml", "rfcn", current, desired) is True
+    assert await write_status(api, "ml", "rfcn", current, desired) is not None
     assert api.calls[0][2] == {"status": {"placement": {"nodes": None}, "readyReplicas": 1}}
     assert api.status == desired

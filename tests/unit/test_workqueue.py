@@ -69,3 +69,36 @@ async def test_a_failing_key_is_logged_and_the_queue_goes_on(caplog: pytest.LogC
     queue.trigger("bad")  # a failed key can be triggered again
     await queue.drain()
     assert queue.pending() == 0
+
+
+async def test_trigger_later_runs_once_and_the_earlier_timer_wins() -> None:
+    runs: list[str] = []
+    done = asyncio.Event()
+
+    async def work(key: str) -> None:
+        runs.append(key)
+        done.set()
+
+    queue: KeyedQueue[str] = KeyedQueue(work)
+    queue.trigger_later("a", 60)
+    queue.trigger_later("a", 0.01)  # earlier: replaces the first
+    queue.trigger_later("a", 30)  # later: ignored
+    assert queue.scheduled() == 1
+    await asyncio.wait_for(done.wait(), 5)
+    await queue.drain()
+    assert runs == ["a"] and queue.scheduled() == 0
+
+
+async def test_forget_and_cancel_drop_the_timers() -> None:
+    runs: list[str] = []
+
+    async def work(key: str) -> None:
+        runs.append(key)
+
+    queue: KeyedQueue[str] = KeyedQueue(work)
+    queue.trigger_later("a", 0.01)
+    queue.trigger_later("b", 0.01)
+    queue.forget("a")
+    queue.cancel()
+    await asyncio.sleep(0.05)
+    assert runs == [] and queue.scheduled() == 0

@@ -6,10 +6,25 @@ One benchmark per spec generation (and per on-demand request, via the annotation
 scale subresource) keeps the figures: status.benchmark.specKey says which spec they measured.
 Failed attempts are retried a bounded number of times as new Jobs; the report travels in the
 bench container's termination message.
+
+Every wait is bounded, against ``now`` (passed in: nothing here reads a clock):
+
+- the client's pod Pending as Unschedulable longer than ``settings.bench_unschedulable_seconds``:
+  ``ClientUnschedulable`` (the Job is deleted; not retried: another attempt needs the same CPUs);
+- the Job past its activeDeadlineSeconds (Failed, reason DeadlineExceeded): ``TimedOut``;
+- a finished Job whose report does not arrive (its pod gone, or never terminated) within
+  ``settings.bench_report_grace_seconds``: ``NoReport``.
+
+Retry policy: ``TimedOut``, ``NoReport``, ``BenchmarkFailed`` and the client's transient reasons
+(``Unavailable``, ...) start a new Job, at most ``settings.bench_retries`` times per run;
+``ClientUnschedulable``, ``BadReport`` and the client's permanent reasons (PERMANENT_FAILURES) are
+reported at once. The result stands for the run: a new spec generation (one that changes more than
+spec.replicas) or a new ``pinserve.io/benchmark-requested`` value starts over.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -23,8 +38,12 @@ from pinserve.settings import Settings
 from pinserve.status import Condition
 
 ANNOTATION_REQUESTED = "pinserve.io/benchmark-requested"
+# On a retry's Job: why the attempt before it failed (the condition says so while the retry runs).
+ANNOTATION_PREVIOUS = "pinserve.io/benchmark-previous-attempt"
 # Client failures that another attempt cannot fix (the bench client's reasons).
 PERMANENT_FAILURES = frozenset({"ModelNotFound", "SignatureNotFound", "InvalidArgument", "InvalidInput", "Usage"})
+# ...and the operator's own: another Job would wait for the same CPUs.
+NOT_RETRIED = PERMANENT_FAILURES | {"ClientUnschedulable"}
 MAX_MESSAGE = 4096
 _LATENCY_KEYS = ("p50", "p90", "p99", "mean", "max", "min", "stddev")
 
@@ -43,6 +62,7 @@ class BenchDecision:
     apply: list[dict[str, Any]] = field(default_factory=list)
     delete: list[tuple[str, str]] = field(default_factory=list)
     events: list[BenchEvent] = field(default_factory=list)
+    recheck_after: float | None = None  # seconds until a bound on a wait runs out: reconcile again then
 
 
 def run_key(ms: ModelServer) -> str:
@@ -72,8 +92,59 @@ def _job_state(job: Mapping[str, Any]) -> str:
     return "Running"
 
 
-def _has_pod(pods: Sequence[Mapping[str, Any]], job_name: str) -> bool:
-    return any(((p.get("metadata") or {}).get("labels") or {}).get("job-name") == job_name for p in pods)
+def _job_failure_reason(job: Mapping[str, Any]) -> str:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            return str(cond.get("reason") or "")
+    return ""
+
+
+def _pods_of(pods: Sequence[Mapping[str, Any]], job_name: str) -> list[Mapping[str, Any]]:
+    mine = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get("job-name") == job_name]
+    return sorted(mine, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""))
+
+
+def parse_time(text: Any) -> dt.datetime | None:
+    """An RFC 3339 timestamp as the API server writes it, or None."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _seconds_since(start: Any, now: dt.datetime | None) -> float | None:
+    begun = parse_time(start)
+    return None if begun is None or now is None else max((now - begun).total_seconds(), 0.0)
+
+
+def _unschedulable(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The PodScheduled=False condition of a Pending pod the scheduler cannot place, or None."""
+    status = pod.get("status") or {}
+    if status.get("phase") not in (None, "Pending") or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" \
+                and cond.get("reason") in (None, "Unschedulable"):
+            return dict(cond)
+    return None
+
+
+def _waiting(pod: Mapping[str, Any]) -> str:
+    """Why the client's container is not running yet (ErrImagePull, ...), or ''."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") and waiting["reason"] != "ContainerCreating":
+            return f"{waiting['reason']}: {waiting.get('message') or ''}".strip(": ")
+    return ""
+
+
+def _terminated(pod: Mapping[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    return status.get("phase") in ("Succeeded", "Failed") or any(
+        (cs.get("state") or {}).get("terminated") for cs in status.get("containerStatuses") or [])
 
 
 def termination_message(pods: Sequence[Mapping[str, Any]], job_name: str) -> str | None:
@@ -180,9 +251,11 @@ def evaluate(
     jobs: Sequence[Mapping[str, Any]],
     current: Mapping[str, Any] | None,
     settings: Settings,
+    now: str,
     pods: Sequence[Mapping[str, Any]] = (),
     server_pods: Sequence[Mapping[str, Any]] = (),
 ) -> BenchDecision:
+    """What to do about the benchmark of this run; ``now`` (RFC 3339) bounds the waits."""
     bench = ms.spec.benchmark
     if not bench.enabled:
         return BenchDecision(Condition("Benchmarked", "False", "Disabled", "spec.benchmark.enabled is false"))
@@ -224,16 +297,65 @@ def evaluate(
     last = mine[-1]
     name = str(last["metadata"]["name"])
     state = _job_state(last)
-    if state == "Running":
-        return BenchDecision(Condition("Benchmarked", "Unknown", "Running", f"job {name} is running"),
-                             apply=[], delete=cleanup)
-    message = termination_message(pods, name)
-    if message is None and not _has_pod(pods, name):
-        # The Job's status can arrive before its pod's: wait for the pod and its report.
-        return BenchDecision(Condition("Benchmarked", "Unknown", "Running", f"job {name} finished; reading its report"),
-                             delete=cleanup)
+    moment = parse_time(now)
+    job_pods = _pods_of(pods, name)
     base = {"generation": ms.ref.generation, "runKey": key, "specKey": spec_key(ms), "jobName": name,
-            "completedAt": _completed_at(last), "protocol": bench.protocol}
+            "completedAt": _completed_at(last) or now, "protocol": bench.protocol}
+
+    def failed(reason: str, message: str, *, delete: Sequence[tuple[str, str]] = ()) -> BenchDecision:
+        if attempt <= settings.bench_retries and reason not in NOT_RETRIED:
+            job = render_bench_job(ms, settings, bench_job_name(ms, key, attempt), key, target_host)
+            job["metadata"].setdefault("annotations", {})[ANNOTATION_PREVIOUS] = f"{reason}: {message}"[:500]
+            return BenchDecision(
+                Condition("Benchmarked", "Unknown", "Retrying",
+                          f"attempt {attempt} failed ({reason}: {message}); started {job['metadata']['name']}"),
+                apply=[job], delete=[*cleanup, *delete])
+        status = {**base, "error": {"reason": reason, "message": message[:500]}}
+        return BenchDecision(Condition("Benchmarked", "False", reason, message[:1000]), status=status,
+                             delete=[*cleanup, *delete])
+
+    if state == "Running":
+        pod = job_pods[-1] if job_pods else None
+        pending = _unschedulable(pod) if pod is not None else None
+        if pod is not None and pending is not None:
+            pod_name = pod["metadata"]["name"]
+            bound = settings.bench_unschedulable_seconds
+            since = pending.get("lastTransitionTime") or pod["metadata"].get("creationTimestamp")
+            waited = _seconds_since(since, moment)
+            why = str(pending.get("message") or "the scheduler has no node for it")
+            if waited is not None and waited >= bound:
+                return failed("ClientUnschedulable",
+                              f"the benchmark client's pod {pod_name} could not be scheduled for {bound}s: {why} "
+                              "(it needs spec.benchmark.physicalCores whole CPUs, or the operator's "
+                              "PINSERVE_BENCH_CPU; spec.benchmark.placement narrows the nodes)",
+                              delete=[("Job", name)])
+            left = bound - (waited or 0.0)
+            return BenchDecision(Condition("Benchmarked", "Unknown", "Running",
+                                           f"job {name}: pod {pod_name} cannot be scheduled yet ({why}); "
+                                           f"giving up in {left:.0f}s"),
+                                 delete=cleanup, recheck_after=left)
+        waiting = _waiting(pod) if pod is not None else ""
+        previous = ((last.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_PREVIOUS)
+        return BenchDecision(Condition("Benchmarked", "Unknown", "Running",
+                                       f"job {name} is running" + (f" (its pod waits: {waiting})" if waiting else "")
+                                       + (f"; attempt {attempt}, after {previous}" if previous else "")),
+                             delete=cleanup)
+    if state == "Failed" and _job_failure_reason(last) == "DeadlineExceeded":
+        deadline = (last.get("spec") or {}).get("activeDeadlineSeconds")
+        return failed("TimedOut", f"job {name} did not finish within its activeDeadlineSeconds ({deadline}s)")
+    message = termination_message(job_pods, name)
+    if message is None and not any(_terminated(p) for p in job_pods):
+        # The Job's status can arrive before its pod's; a pod deleted meanwhile never reports.
+        grace = settings.bench_report_grace_seconds
+        waited = _seconds_since(_completed_at(last), moment)
+        if waited is None or waited < grace:
+            left = grace - (waited or 0.0)
+            return BenchDecision(Condition("Benchmarked", "Unknown", "Running",
+                                           f"job {name} finished; reading its report"),
+                                 delete=cleanup, recheck_after=left)
+        gone = "its pod is gone" if not job_pods else "its pod never terminated"
+        return failed("NoReport", f"job {name} finished ({_job_failure_reason(last) or state}) but {gone}: "
+                                  f"no report after {grace}s")
     try:
         if message is None:
             raise BenchmarkClientError("NoReport", f"job {name} ended without a report in its termination message")
@@ -241,15 +363,7 @@ def evaluate(
         if state != "Complete":
             raise BenchmarkClientError("BenchmarkFailed", f"job {name} failed")
     except BenchmarkClientError as exc:
-        if attempt <= settings.bench_retries and exc.reason not in PERMANENT_FAILURES:
-            job = render_bench_job(ms, settings, bench_job_name(ms, key, attempt), key, target_host)
-            return BenchDecision(
-                Condition("Benchmarked", "Unknown", "Retrying",
-                          f"attempt {attempt} failed ({exc.reason}: {exc.message}); started {job['metadata']['name']}"),
-                apply=[job], delete=cleanup)
-        status = {**base, "error": {"reason": exc.reason, "message": exc.message[:500]}}
-        return BenchDecision(Condition("Benchmarked", "False", exc.reason, exc.message[:1000]), status=status,
-                             delete=cleanup)
+        return failed(exc.reason, exc.message)
     except ValueError as exc:
         status = {**base, "error": {"reason": "BadReport", "message": str(exc)[:500]}}
         return BenchDecision(Condition("Benchmarked", "False", "BadReport", str(exc)[:1000]), status=status,

@@ -2,13 +2,20 @@
 
 Observations come from kopf indices (filled by watches), so a reconcile makes no reads;
 writes happen only for what differs, which makes a no-op resync free.
+
+API errors: KubeApi retries 429/5xx/timeouts itself (pinserve.retry); a 409 Conflict on an apply is
+retried here after re-reading the object; what still fails becomes ``Ready=False`` reason ``ApiError``
+naming the verb, the object and the answer, and the ModelServer is reconciled again after a backoff that
+grows per consecutive failure (bounded by the resync period, or the server's Retry-After).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
+import random
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +34,24 @@ log = logging.getLogger("pinserve")
 
 Key = tuple[str, str]  # (namespace, ModelServer name)
 IN_FLIGHT_SECONDS = 10.0
+CONFLICT_ATTEMPTS = 3  # applies answered 409 Conflict: re-read and try again, this many tries in all
+API_ERROR_REQUEUE = 5.0  # seconds before reconciling again after an API error, doubled per consecutive one
+
+
+class _CarryOutError(Exception):
+    """Carrying out an Outcome stopped: ``condition`` says why (Ready=False)."""
+
+    def __init__(self, condition: Condition, retry_after: float | None = None) -> None:
+        super().__init__(condition.message)
+        self.condition = condition
+        self.retry_after = retry_after
+
+
+def api_error_condition(verb: str, kind: str, namespace: str, name: str, exc: ApiError) -> Condition:
+    answer = f"{exc.status} {exc.reason}" if exc.status else exc.reason
+    return Condition("Ready", "False", "ApiError",
+                     f"{verb} {kind} {namespace}/{name} failed after {exc.attempts} attempt(s): {answer}: "
+                     f"{exc.message}; pinserve will retry")
 
 
 @dataclass
@@ -40,8 +65,21 @@ class Snapshot:
 
 @dataclass
 class _Written:
-    resource_version: str
+    resource_version: str  # of the object the write replaced
     status: dict[str, Any]
+    made: str | None = None  # the resourceVersion the write made (the API's answer)
+    at: float = field(default_factory=time.monotonic)
+
+    def superseded_by(self, resource_version: str | None) -> bool:
+        """The index shows our write, or something after it; the status there can be trusted again."""
+        if resource_version is None or self.made is None:
+            return resource_version != self.resource_version
+        if resource_version == self.made:
+            return True
+        try:  # etcd revisions: a larger one is later (any other form: wait for ours, or the time limit)
+            return int(resource_version) > int(self.made)
+        except ValueError:
+            return False
 
 
 @dataclass
@@ -54,6 +92,8 @@ class Controller:
     written: dict[Key, _Written] = field(default_factory=dict)
     # (kind, namespace, name) -> (resourceVersion seen before our apply, when), for the same reason.
     applied: dict[tuple[str, str, str], tuple[str | None, float]] = field(default_factory=dict)
+    # Consecutive reconciles of a key that ended in an API error: the backoff before the next one.
+    api_failures: dict[Key, int] = field(default_factory=dict)
     reconciles: int = 0
 
     def _lock(self, key: Key) -> asyncio.Lock:
@@ -62,6 +102,7 @@ class Controller:
     def forget(self, key: Key) -> None:
         self.locks.pop(key, None)
         self.written.pop(key, None)
+        self.api_failures.pop(key, None)
         for k in [k for k in self.applied if (k[1], k[2]) == key or k[1:] == key]:
             self.applied.pop(k, None)
 
@@ -69,10 +110,13 @@ class Controller:
         written = self.written.get(key)
         if written is None:
             return body
-        if (body.get("metadata") or {}).get("resourceVersion") == written.resource_version:
-            return {**body, "status": written.status}
-        del self.written[key]
-        return body
+        # An object delivered between the one we wrote over and our write (kopf may deliver either) still
+        # holds the old status: judged against it, a transition would be announced twice.
+        rv = (body.get("metadata") or {}).get("resourceVersion")
+        if written.superseded_by(rv) or time.monotonic() - written.at > IN_FLIGHT_SECONDS:
+            del self.written[key]
+            return body
+        return {**body, "status": written.status}
 
     def _in_flight(self, obj: Mapping[str, Any], observed: Observed) -> bool:
         """Our last apply of this object has not come back through the watch yet."""
@@ -98,9 +142,14 @@ class Controller:
             self.reconciles += 1
             now = status_writer.now_rfc3339()
             outcome = reconcile(body, snapshot.nodes, snapshot.observed, self.settings, now)
-            failure = await self._carry_out(outcome, snapshot.observed)
+            api_error: float | None = None
             desired = outcome.status
-            if failure is not None:
+            try:
+                await self._carry_out(outcome, snapshot.observed)
+            except _CarryOutError as failed:
+                failure = failed.condition
+                if failure.reason == "ApiError":
+                    api_error = failed.retry_after if failed.retry_after is not None else 0.0
                 generation = int((body.get("metadata") or {}).get("generation") or 1)
                 desired = status_writer.desired_status(
                     desired, generation=generation, conditions=[failure], fields={}, now=now
@@ -110,44 +159,87 @@ class Controller:
                 )
                 if (previous.get("reason"), previous.get("message")) != (failure.reason, failure.message):
                     outcome.events.append(EventSpec("Warning", failure.reason, failure.message))
-            await self._write_status(key, body, desired)
+            try:
+                await self._write_status(key, body, desired)
+            except ApiError as exc:
+                log.warning("could not write the status of %s/%s: %s", key[0], key[1], exc)
+                api_error = max(api_error or 0.0, exc.retry_after or 0.0)
             for event in outcome.events:
                 await self._post_event(body, event)
-            return outcome
+            return dataclasses.replace(outcome, requeue_after=self._requeue(key, outcome.requeue_after, api_error))
 
-    async def _carry_out(self, outcome: Outcome, observed: Observed) -> Condition | None:
-        owner_uid = outcome.modelserver.ref.uid if outcome.modelserver else ""
+    def _requeue(self, key: Key, wanted: float | None, api_error: float | None) -> float | None:
+        """When to come back: the core's bounded wait, or a growing, jittered backoff after an API error."""
+        if api_error is None:
+            self.api_failures.pop(key, None)
+            return wanted
+        failures = self.api_failures[key] = self.api_failures.get(key, 0) + 1
+        limit = float(max(self.settings.resync_seconds, 1))
+        backoff = min(API_ERROR_REQUEUE * 2.0 ** (failures - 1), limit) * (0.5 + random.random() / 2)
+        delay = max(backoff, api_error)
+        return delay if wanted is None else min(wanted, delay)
+
+    async def _carry_out(self, outcome: Outcome, observed: Observed) -> None:
+        """Apply and delete what the Outcome says; raises _CarryOutError with the condition when something cannot be."""
+        ms = outcome.modelserver
+        owner_uid = ms.ref.uid if ms else ""
         for obj in outcome.apply:
             if self._in_flight(obj, observed):
                 continue
             meta = obj["metadata"]
-            live = observed.children.get((obj["kind"], meta["name"]))
-            if live is None:
-                # Not in our indices, so not ours: one read, only before a create, so that a
-                # same-named object of someone else's is never overwritten by the apply.
-                live = await self.api.get(obj["kind"], meta["namespace"], meta["name"])
-            if live is not None and not controlled_by(live, owner_uid):
-                return Condition("Ready", "False", "NameConflict",
-                                 f"a {obj['kind']} named {meta['name']} already exists and is not owned by this "
-                                 "ModelServer; pinserve leaves it alone (rename the ModelServer or remove it)")
-            log.info("applying %s %s/%s (%s)", obj["kind"], meta["namespace"], meta["name"],
-                     "create" if live is None else "drifted from the desired state")
+            kind, namespace, name = obj["kind"], meta["namespace"], meta["name"]
+            live = observed.children.get((kind, name))
             try:
-                await self.api.apply(obj)
+                if live is None:
+                    # Not in our indices, so not ours: one read, only before a create, so that a
+                    # same-named object of someone else's is never overwritten by the apply.
+                    live = await self.api.get(kind, namespace, name)
+                self._check_owner(obj, live, owner_uid)
+                log.info("applying %s %s/%s (%s)", kind, namespace, name,
+                         "create" if live is None else "drifted from the desired state")
+                await self._apply(obj, owner_uid)
             except ApiError as exc:
-                if not exc.is_client_error:
-                    raise
-                # The API server refused what the spec produced: say so, never crash-loop.
-                return Condition("Ready", "False", "ApplyFailed",
-                                 f"{obj['kind']} {meta['name']} was refused: {exc.message}")
-            self.applied[(obj["kind"], meta["namespace"], meta["name"])] = (
+                if exc.is_client_error:
+                    # The API server refused what the spec produced: say so, never crash-loop.
+                    raise _CarryOutError(Condition("Ready", "False", "ApplyFailed",
+                                                   f"{kind} {name} was refused: {exc.message}")) from None
+                raise _CarryOutError(api_error_condition("apply", kind, namespace, name, exc),
+                                     exc.retry_after) from None
+            self.applied[(kind, namespace, name)] = (
                 (live or {}).get("metadata", {}).get("resourceVersion"), time.monotonic()
             )
-        ms = outcome.modelserver
         for kind, name in outcome.delete:
-            if ms is not None:
+            if ms is None:
+                continue
+            try:
                 await self.api.delete(kind, ms.ref.namespace, name)
-        return None
+            except ApiError as exc:
+                raise _CarryOutError(api_error_condition("delete", kind, ms.ref.namespace, name, exc),
+                              exc.retry_after) from None
+
+    @staticmethod
+    def _check_owner(obj: Mapping[str, Any], live: Mapping[str, Any] | None, owner_uid: str) -> None:
+        if live is not None and not controlled_by(live, owner_uid):
+            raise _CarryOutError(Condition("Ready", "False", "NameConflict",
+                                    f"a {obj['kind']} named {obj['metadata']['name']} already exists and is not "
+                                    "owned by this ModelServer; pinserve leaves it alone (rename the ModelServer "
+                                    "or remove it)"))
+
+    async def _apply(self, obj: Mapping[str, Any], owner_uid: str) -> None:
+        """Server-side apply; a 409 Conflict is answered by re-reading the object (still ours?) and trying again."""
+        meta = obj["metadata"]
+        for attempt in range(CONFLICT_ATTEMPTS):
+            try:
+                await self.api.apply(obj)
+                return
+            except ApiError as exc:
+                if exc.status != 409 or attempt + 1 == CONFLICT_ATTEMPTS:
+                    exc.attempts = max(exc.attempts, attempt + 1)
+                    raise
+                log.info("conflict applying %s %s/%s (%s); re-reading it", obj["kind"], meta["namespace"],
+                         meta["name"], exc.message)
+            await self.api.sleep(self.api.retry.backoff(attempt, self.api.rand()))
+            self._check_owner(obj, await self.api.get(obj["kind"], meta["namespace"], meta["name"]), owner_uid)
 
     async def _write_status(self, key: Key, body: Mapping[str, Any], desired: dict[str, Any]) -> None:
         current = body.get("status")
@@ -156,14 +248,15 @@ class Controller:
             return
         log.debug("writing status of %s/%s: %s", key[0], key[1], patch)
         try:
-            await status_writer.write_status(self.api, key[0], key[1], current, desired)
+            answer = await status_writer.write_status(self.api, key[0], key[1], current, desired)
         except ApiError as exc:
             if exc.status == 404:
                 return  # deleted meanwhile; its children go with it
             raise
         rv = (body.get("metadata") or {}).get("resourceVersion")
         if rv:
-            self.written[key] = _Written(rv, desired)
+            made = ((answer or {}).get("metadata") or {}).get("resourceVersion")
+            self.written[key] = _Written(rv, desired, str(made) if made else None)
 
     async def _post_event(self, body: Mapping[str, Any], event: EventSpec) -> None:
         meta = body.get("metadata") or {}

@@ -7,12 +7,14 @@ A small asyncio client on aiohttp; credentials come from the same places kopf lo
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
+import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,6 +23,7 @@ import aiohttp
 
 from pinserve.api import GROUP, PLURAL, VERSION
 from pinserve.render.common import MANAGER
+from pinserve.retry import TRANSPORT, RetryPolicy, next_wait, parse_retry_after, retryable
 
 # kind -> (api prefix, plural, namespaced)
 _RESOURCES: dict[str, tuple[str, str, bool]] = {
@@ -38,13 +41,19 @@ _SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 class ApiError(Exception):
-    """A non-2xx answer; ``reason`` is the Status reason (NotFound, Conflict, Invalid, ...)."""
+    """A non-2xx answer; ``reason`` is the Status reason (NotFound, Conflict, Invalid, ...).
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
+    ``status`` is 0 (retry.TRANSPORT) when no answer came (a timeout, a broken connection);
+    ``attempts`` says how many tries were made, ``retry_after`` what the server asked to wait (seconds).
+    """
+
+    def __init__(self, status: int, reason: str, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(f"{status} {reason}: {message}" if status else f"{reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after
+        self.attempts = 1
 
     @property
     def is_client_error(self) -> bool:
@@ -119,9 +128,15 @@ class Credentials:
 class KubeApi:
     """The operator's only door to the API server; counts requests by verb for the benchmarks."""
 
-    def __init__(self, credentials: Credentials, *, timeout: float = 30.0) -> None:
+    def __init__(self, credentials: Credentials, *, timeout: float = 30.0, retry: RetryPolicy | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 rand: Callable[[], float] = random.random) -> None:
         self.credentials = credentials
         self.requests: Counter[str] = Counter()
+        self.retry = retry or RetryPolicy()
+        # Injected for tests, which record the waits instead of spending them.
+        self.sleep = sleep
+        self.rand = rand
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
@@ -148,23 +163,46 @@ class KubeApi:
         body: Any = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
+        """One API call, retried as pinserve.retry says (bounded, jittered, Retry-After honoured)."""
+        data = None if body is None else json.dumps(body, separators=(",", ":"))
+        retry = 0
+        while True:
+            try:
+                return await self._request_once(method, path, params=params, data=data, content_type=content_type)
+            except ApiError as exc:
+                exc.attempts = retry + 1
+                wait = next_wait(self.retry, retry, status=exc.status, retry_after=exc.retry_after,
+                                 rand=self.rand()) if retryable(method, exc.status) else None
+                if wait is None:
+                    raise
+            await self.sleep(wait)
+            retry += 1
+
+    async def _request_once(self, method: str, path: str, *, params: Mapping[str, str] | None, data: str | None,
+                            content_type: str) -> dict[str, Any]:
         session = await self._get_session()
         headers = {"Accept": "application/json"}
         auth = self.credentials.authorization()
         if auth:
             headers["Authorization"] = auth
-        data = None
-        if body is not None:
+        if data is not None:
             headers["Content-Type"] = content_type
-            data = json.dumps(body, separators=(",", ":"))
         self.requests[method] += 1
-        async with session.request(
-            method, self.credentials.server + path, params=params, data=data, headers=headers
-        ) as resp:
-            text = await resp.text()
-            if resp.status >= 400:
-                raise _error(resp.status, text)
-            return json.loads(text) if text else {}
+        try:
+            async with session.request(
+                method, self.credentials.server + path, params=params, data=data, headers=headers
+            ) as resp:
+                text = await resp.text()
+                if resp.status >= 400:
+                    error = _error(resp.status, text)
+                    error.retry_after = parse_retry_after(resp.headers.get("Retry-After"), dt.datetime.now(dt.UTC))
+                    raise error
+                return json.loads(text) if text else {}
+        except TimeoutError:
+            raise ApiError(TRANSPORT, "Timeout", f"{method} {path}: no answer within "
+                                                 f"{self._timeout.total:g}s") from None
+        except aiohttp.ClientError as exc:  # refused, reset, closed mid-answer
+            raise ApiError(TRANSPORT, "ConnectionError", f"{method} {path}: {exc}") from None
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply as pinserve.io; force takes back fields edited by hand."""

@@ -13,10 +13,10 @@ from typing import Any
 from pinserve import benchflow
 from pinserve.api import InvalidSpecError, ModelServer, parse_modelserver
 from pinserve.drift import in_sync, stamped
-from pinserve.fetch.errors import ModelConvertError
 from pinserve.nodeclass import PlacementRecord
 from pinserve.pinning import pinned_condition, pod_view
 from pinserve.planning import NodeInfo, Placement, PlanError, plan
+from pinserve.podfailures import KEEP_REJECTED, new_causes, ready_problem, rejected_record, rejected_to_delete
 from pinserve.render import render_children
 from pinserve.render.common import selector_string
 from pinserve.render.service import endpoints
@@ -49,6 +49,7 @@ class Outcome:
     delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
     modelserver: ModelServer | None = None
     placement: Placement | None = None
+    requeue_after: float | None = None  # reconcile again in this many seconds (a bounded wait runs out)
 
 
 def out_of_sync(desired: Sequence[Mapping[str, Any]], observed: Observed) -> list[dict[str, Any]]:
@@ -80,7 +81,7 @@ def rollout_pending(deployment: Mapping[str, Any], want: int) -> tuple[str, str]
 
 
 def _deployment_ready(ms: ModelServer, deployment: Mapping[str, Any] | None, rolling: bool,
-                      raw_pods: Sequence[Mapping[str, Any]]) -> Condition:
+                      raw_pods: Sequence[Mapping[str, Any]], rejected: Sequence[Mapping[str, Any]]) -> Condition:
     if deployment is None:
         return Condition("Ready", "False", "Deploying", "creating the serving Deployment")
     if rolling:
@@ -94,7 +95,7 @@ def _deployment_ready(ms: ModelServer, deployment: Mapping[str, Any] | None, rol
     ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
     if pending is None and ready >= want:
         return Condition("Ready", "True", "Available", f"{ready}/{want} replicas ready")
-    problem = _pod_problem(raw_pods)
+    problem = ready_problem(raw_pods, deployment, ms.spec.resources.memory, rejected)
     if problem is not None:
         return problem
     if pending is not None:
@@ -102,35 +103,10 @@ def _deployment_ready(ms: ModelServer, deployment: Mapping[str, Any] | None, rol
     return Condition("Ready", "False", "PodsNotReady", f"{ready}/{want} replicas ready")
 
 
-def _pod_problem(pods: Sequence[Mapping[str, Any]]) -> Condition | None:
-    """The first pod-level reason a person should act on: model fetch failure, unschedulable."""
-    for pod in pods:
-        name = (pod.get("metadata") or {}).get("name", "")
-        status = pod.get("status") or {}
-        for cs in status.get("initContainerStatuses") or []:
-            state = cs.get("state") or {}
-            last = cs.get("lastState") or {}
-            term = state.get("terminated") or last.get("terminated") or {}
-            if term and term.get("exitCode", 0) != 0:
-                message = (term.get("message") or term.get("reason") or "failed").strip()
-                # fetch-model's conversion of a frozenGraph/keras model: by its message, or its exit code alone.
-                convert = f"{ModelConvertError.reason}: "
-                if message.startswith(convert) or (
-                        cs.get("name") == "fetch-model" and term.get("exitCode") == ModelConvertError.exit_code):
-                    return Condition("Ready", "False", ModelConvertError.reason,
-                                     f"pod {name}: init container {cs.get('name')} could not convert the model: "
-                                     f"{message.removeprefix(convert)}")
-                return Condition("Ready", "False", "ModelFetchFailed",
-                                 f"pod {name}: init container {cs.get('name')} failed: {message}")
-        for cond in status.get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                return Condition("Ready", "False", "Unschedulable",
-                                 f"pod {name}: {cond.get('message') or cond.get('reason')}")
-    return None
-
-
-# Progress states are not news: no Event for them.
-_PROGRESS = frozenset({"Deploying", "RollingOut", "PodsNotReady", "WaitingForReady", "Running", "NoReadyPods"})
+_TERMINAL = frozenset({"Failed", "Succeeded"})
+# Progress states are not news: no Event for them. AdmissionRejected has one Event per cause instead.
+_PROGRESS = frozenset({"Deploying", "RollingOut", "PodsNotReady", "WaitingForReady", "Running", "NoReadyPods",
+                       "AdmissionRejected"})
 
 
 def _transitions(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[EventSpec]:
@@ -176,30 +152,42 @@ def reconcile(
         return finish(bad, {}, apply=[])
 
     deployment = observed.children.get(("Deployment", ms.ref.name))
-    pods = [pod_view(p) for p in observed.pods]
+    # Failed and Succeeded pods hold no CPUs: status.pods and Pinned are about the live ones.
+    pods = [pod_view(p) for p in observed.pods if (p.get("status") or {}).get("phase") not in _TERMINAL]
     by_name = {n.name: n for n in nodes}
+    rejected = rejected_record(observed.pods, current.get("rejectedPods"))
+    rejection_events = [EventSpec("Warning", e.reason, e.message)
+                        for e in new_causes(current.get("rejectedPods"), rejected)]
     fields: dict[str, Any] = {
         "replicas": int(((deployment or {}).get("status") or {}).get("replicas") or 0),
         "readyReplicas": int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0),
         # The scale subresource's labelSelectorPath: an HPA finds the server pods by it.
         "selector": selector_string(ms),
         "pods": [p.to_status(by_name) for p in sorted(pods, key=lambda p: p.name) if not p.deleting],
+        "rejectedPods": rejected or None,
     }
+
+    def rejected_pods(ready: Condition) -> list[tuple[str, str]]:
+        # Kept for `kubectl describe` while the problem lasts; history once the revision is rolled out.
+        return rejected_to_delete(observed.pods, ms.ref.name, keep=0 if ready.status == "True" else KEEP_REJECTED)
+
     try:
         # The recorded placement sticks while the spec is the same and a node of its class is left.
         placement = plan(ms.spec, nodes, settings, PlacementRecord.from_status(current.get("placement")))
     except PlanError as exc:
         conditions = [Condition("Placed", "False", exc.reason, exc.message)]
-        ready = _deployment_ready(ms, deployment, False, observed.pods)
+        ready = _deployment_ready(ms, deployment, False, observed.pods, rejected)
         if deployment is None:
             ready = Condition("Ready", "False", "NotPlaced", exc.message)
         conditions.append(ready)
-        return finish(conditions, fields, apply=[], modelserver=ms)
+        outcome = finish(conditions, fields, apply=[], delete=rejected_pods(ready), modelserver=ms)
+        outcome.events.extend(rejection_events)
+        return outcome
 
     desired = [stamped(obj) for obj in render_children(ms, placement, settings)]
     stale = out_of_sync(desired, observed)
     rolling = any(obj["kind"] == "Deployment" for obj in stale)
-    ready = _deployment_ready(ms, deployment, rolling, observed.pods)
+    ready = _deployment_ready(ms, deployment, rolling, observed.pods, rejected)
     fields.update(placement=placement.to_status(), endpoints=endpoints(ms))
     planned = (f"{placement.physical_cores} physical cores = {placement.cpu_request} CPUs per replica on nodes "
                f"with {placement.threads_per_core} thread(s) per core; "
@@ -215,14 +203,16 @@ def reconcile(
         pinned_condition(pods, by_name, placement.cpu_request),
     ]
     bench = benchflow.evaluate(
-        ms, ready, jobs=observed.jobs, current=current.get("benchmark"), settings=settings,
+        ms, ready, jobs=observed.jobs, current=current.get("benchmark"), settings=settings, now=now,
         pods=observed.bench_pods, server_pods=observed.pods,
     )
     conditions.append(bench.condition)
     if bench.status is not None:
         fields["benchmark"] = bench.status
     stale.extend(bench.apply)
-    outcome = finish(conditions, fields, apply=stale, delete=bench.delete, modelserver=ms, placement=placement)
+    outcome = finish(conditions, fields, apply=stale, delete=[*bench.delete, *rejected_pods(ready)],
+                     modelserver=ms, placement=placement, requeue_after=bench.recheck_after)
     outcome.events.extend(replanned)
+    outcome.events.extend(rejection_events)
     outcome.events.extend(EventSpec(e.type, e.reason, e.message) for e in bench.events)
     return outcome

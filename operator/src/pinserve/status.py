@@ -109,10 +109,9 @@ async def write_status(
     name: str,
     current: Mapping[str, Any] | None,
     desired: Mapping[str, Any],
-) -> bool:
-    """Write ``desired`` over ``current`` if they differ; returns whether a write happened."""
+) -> dict[str, Any] | None:
+    """Write ``desired`` over ``current`` if they differ; returns the API's answer, None when nothing was written."""
     patch = status_patch(current, desired)
     if patch is None:
-        return False
-    await api.patch_status(namespace, name, {"status": patch})
-    return True
+        return None
+    return await api.patch_status(namespace, name, {"status": patch})

@@ -76,7 +76,10 @@ def snapshot(key: Key) -> Snapshot:
 async def _reconcile(key: Key) -> None:
     # The snapshot is taken when the work runs, so a coalesced burst sees its latest event.
     if CONTROLLER is not None:
-        await CONTROLLER.sync(key, snapshot(key))
+        outcome = await CONTROLLER.sync(key, snapshot(key))
+        # A bounded wait (benchmark) or an API error's backoff: come back then, not only at the resync.
+        if outcome is not None and outcome.requeue_after is not None:
+            queue().trigger_later(key, outcome.requeue_after)
 
 
 def queue() -> KeyedQueue[Key]:
@@ -89,6 +92,14 @@ def queue() -> KeyedQueue[Key]:
 def trigger(key: Key) -> None:
     if CONTROLLER is not None:
         queue().trigger(key)
+
+
+def forget(key: Key) -> None:
+    """The ModelServer is gone: drop what is kept for it."""
+    if CONTROLLER is not None:
+        CONTROLLER.forget(key)
+    if QUEUE is not None:
+        QUEUE.forget(key)
 
 
 def resync_all() -> None:

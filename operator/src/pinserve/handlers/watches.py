@@ -27,27 +27,35 @@ def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _pod_essentials(body: Mapping[str, Any]) -> dict[str, Any]:
-    """Only what status, pinning and the benchmark read of a pod: pods are the largest index."""
+    """Only what status, pinning, pod failures and the benchmark read of a pod: pods are the largest index."""
     meta = body.get("metadata") or {}
     status = body.get("status") or {}
 
     def containers(key: str) -> list[dict[str, Any]]:
-        return [{k: c[k] for k in ("name", "state", "lastState") if k in c} for c in status.get(key) or []]
+        keep = ("name", "image", "ready", "restartCount", "state", "lastState")
+        return [{k: c[k] for k in keep if k in c} for c in status.get(key) or []]
 
     return {
         "metadata": {
             "name": meta.get("name"),
             "namespace": meta.get("namespace"),
+            "creationTimestamp": meta.get("creationTimestamp"),
             "labels": dict(meta.get("labels") or {}),
             "annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith("pinserve.io/")},
+            # Which ReplicaSet made it: only the Deployment's own rejected pods are ever deleted.
+            "ownerReferences": [{k: r.get(k) for k in ("kind", "name", "controller")}
+                                for r in meta.get("ownerReferences") or []],
             **({"deletionTimestamp": meta["deletionTimestamp"]} if meta.get("deletionTimestamp") else {}),
         },
         "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
         "status": {
             "phase": status.get("phase"),
+            # Set on a pod the kubelet rejected at admission (SMTAlignmentError, OutOfcpu, ...) or evicted.
+            "reason": status.get("reason"),
+            "message": status.get("message"),
             "qosClass": status.get("qosClass"),
             "podIP": status.get("podIP"),
-            "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
+            "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message", "lastTransitionTime")}
                            for c in status.get("conditions") or []],
             "initContainerStatuses": containers("initContainerStatuses"),
             "containerStatuses": containers("containerStatuses"),
@@ -105,8 +113,7 @@ async def modelserver_changed(**kwargs: Any) -> None:
     state.remember(kwargs)
     key = (kwargs["namespace"], kwargs["name"])
     if kwargs["event"].get("type") == "DELETED":
-        if state.CONTROLLER is not None:
-            state.CONTROLLER.forget(key)
+        state.forget(key)
         return  # owner references let the garbage collector remove the children
     state.trigger(key)
 
