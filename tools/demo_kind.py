@@ -1,5 +1,9 @@
 """The real thing on a laptop: kind with the static CPU manager, pinserve from its Helm chart,
-a small real SavedModel served by tensorflow/serving:mkl, and the benchmark in status.
+a small real SavedModel served by a published TensorFlow Serving image, and the benchmark in status.
+
+The server image is the published ``tensorflow/serving:<version>`` (SERVER_IMAGE), set as the chart's
+``server.image`` and in manifests/examples/demo.yaml: pinserve's default, ``tensorflow/serving:mkl``, is
+not on Docker Hub (Intel's guides build it from TF Serving's Dockerfile.mkl).
 
 Usage: python -m tools.demo_kind up|down      (needs Docker; `make demo` picks this when it can)
 tests/e2e drives the same functions.
@@ -21,6 +25,7 @@ DEMO_NAMESPACE = "default"
 VERSION = "0.1.0"
 OPERATOR_IMAGE = f"pinserve/operator:{VERSION}"
 BENCH_IMAGE = f"pinserve/bench:{VERSION}"
+SERVER_IMAGE = "tensorflow/serving:2.18.0"
 
 
 def say(message: str) -> None:
@@ -70,7 +75,8 @@ def install_chart() -> None:
         str(REPO / "charts/pinserve"), "--namespace", NAMESPACE, "--create-namespace", "--wait",
         "--set", "image.repository=pinserve/operator", "--set", f"image.tag={VERSION}",
         "--set", "image.pullPolicy=IfNotPresent",
-        "--set", "bench.image.repository=pinserve/bench", "--set", f"bench.image.tag={VERSION}")
+        "--set", "bench.image.repository=pinserve/bench", "--set", f"bench.image.tag={VERSION}",
+        "--set", f"server.image={SERVER_IMAGE}")
 
 
 def serve_demo_model() -> None:

@@ -7,6 +7,7 @@ int-or-string, unknown fields rejected as `kubectl apply` does with strict field
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,19 @@ def test_bad_values_are_rejected_by_both(field: str, value: Any, validator: json
     with pytest.raises(api.InvalidSpecError) as err:
         api.parse_modelserver(doc)
     assert err.value.field.startswith(f"spec.{parents[0] if parents else leaf}")
+
+
+# pinserve's default image, tensorflow/serving:mkl, is not published: the examples name one that is.
+PUBLISHED_SERVING = re.compile(r"^tensorflow/serving:\d+\.\d+\.\d+$")
+
+
+@pytest.mark.parametrize("path", _example_paths(), ids=lambda p: p.stem)
+def test_examples_serve_a_published_image(path: Path) -> None:
+    image = _load(path)["spec"].get("server", {}).get("image", "")
+    assert PUBLISHED_SERVING.match(image), f"{path.name}: spec.server.image {image!r} is not a published stock tag"
+
+
+def test_the_kind_demo_uses_the_examples_image() -> None:
+    from tools import demo_kind  # noqa: PLC0415
+
+    assert _load(EXAMPLES / "demo.yaml")["spec"]["server"]["image"] == demo_kind.SERVER_IMAGE
