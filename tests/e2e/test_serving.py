@@ -111,7 +111,7 @@ def test_the_start_script_sized_threads_to_the_exclusive_cores(backend: Backend)
         if backend.name == "realnode":
             # The stand-in reports the pools TensorFlow really configured.
             log = backend.kubectl("logs", "-n", backend.namespace, pod["name"], "-c", "server")
-            applied = next(row for row in log.splitlines() if "stand-in" in row and "intra_op_parallelism=" in row)
+            applied = next(row for row in log.splitlines() if "stand-in" in row and "serving: intra_op" in row)
             assert f"intra_op_parallelism={cores} inter_op_parallelism={inter}" in applied, applied
 
 
