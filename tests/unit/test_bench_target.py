@@ -89,3 +89,16 @@ def test_bad_settings_name_the_variable(env: dict[str, str], error: str) -> None
 def test_settings_from_env() -> None:
     settings = Settings.from_env({"PINSERVE_BENCH_TARGET": "pod", "PINSERVE_BENCH_CPU": "500m"})
     assert (settings.bench_target, settings.bench_cpu) == ("pod", "500m")
+
+
+@pytest.mark.parametrize(("cores", "threads_per_core", "cpus"), [(1, 1, "1"), (1, 2, "2"), (3, 2, "6"), (2, 4, "8")])
+def test_the_client_takes_whole_physical_cores_on_smt_nodes(make_ms: Callable[..., dict[str, Any]], cores: int,
+                                                            threads_per_core: int, cpus: str) -> None:
+    """1 CPU on a 2-thread core is half a core: full-pcpus-only would reject the client (SMTAlignmentError)."""
+    body = make_ms()
+    body["spec"].setdefault("benchmark", {})["physicalCores"] = cores
+    ms = parse_modelserver(body)
+    decision = evaluate(ms, READY, jobs=[], current=None, settings=Settings(), now=NOW,
+                        threads_per_core=threads_per_core)
+    container = decision.apply[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["requests"]["cpu"] == container["resources"]["limits"]["cpu"] == cpus

@@ -254,8 +254,11 @@ def evaluate(
     now: str,
     pods: Sequence[Mapping[str, Any]] = (),
     server_pods: Sequence[Mapping[str, Any]] = (),
+    threads_per_core: int = 1,
 ) -> BenchDecision:
-    """What to do about the benchmark of this run; ``now`` (RFC 3339) bounds the waits."""
+    """What to do about the benchmark of this run; ``now`` (RFC 3339) bounds the waits.
+
+    ``threads_per_core`` is the placement's: the client's whole cores are CPUs in that multiple."""
     bench = ms.spec.benchmark
     if not bench.enabled:
         return BenchDecision(Condition("Benchmarked", "False", "Disabled", "spec.benchmark.enabled is false"))
@@ -291,7 +294,8 @@ def evaluate(
                                            "the benchmark targets a ready server pod by IP; none has one yet"),
                                  delete=cleanup)
     if not mine:
-        job = render_bench_job(ms, settings, bench_job_name(ms, key), key, target_host)
+        job = render_bench_job(ms, settings, bench_job_name(ms, key), key, target_host,
+                               threads_per_core=threads_per_core)
         return BenchDecision(Condition("Benchmarked", "Unknown", "Running", f"started {job['metadata']['name']}"),
                              apply=[job], delete=cleanup)
     last = mine[-1]
@@ -304,7 +308,8 @@ def evaluate(
 
     def failed(reason: str, message: str, *, delete: Sequence[tuple[str, str]] = ()) -> BenchDecision:
         if attempt <= settings.bench_retries and reason not in NOT_RETRIED:
-            job = render_bench_job(ms, settings, bench_job_name(ms, key, attempt), key, target_host)
+            job = render_bench_job(ms, settings, bench_job_name(ms, key, attempt), key, target_host,
+                                   threads_per_core=threads_per_core)
             job["metadata"].setdefault("annotations", {})[ANNOTATION_PREVIOUS] = f"{reason}: {message}"[:500]
             return BenchDecision(
                 Condition("Benchmarked", "Unknown", "Retrying",

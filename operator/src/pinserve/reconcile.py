@@ -204,7 +204,7 @@ def reconcile(
     ]
     bench = benchflow.evaluate(
         ms, ready, jobs=observed.jobs, current=current.get("benchmark"), settings=settings, now=now,
-        pods=observed.bench_pods, server_pods=observed.pods,
+        pods=observed.bench_pods, server_pods=observed.pods, threads_per_core=placement.threads_per_core,
     )
     conditions.append(bench.condition)
     if bench.status is not None:

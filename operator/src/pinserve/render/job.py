@@ -52,16 +52,17 @@ def _affinity(ms: ModelServer) -> dict[str, Any] | None:
     return {key: {"requiredDuringSchedulingIgnoredDuringExecution": term}}
 
 
-def bench_resources(ms: ModelServer, settings: Settings) -> dict[str, dict[str, str]]:
-    """Whole CPUs (pinned like the server) unless the operator is set to a fixed client CPU."""
+def bench_resources(ms: ModelServer, settings: Settings, threads_per_core: int = 1) -> dict[str, dict[str, str]]:
+    """Whole physical cores (pinned like the server: on SMT nodes N cores are N x threads-per-core CPUs,
+    or the kubelet's full-pcpus-only rejects the pod) unless the operator sets a fixed client CPU."""
     if settings.bench_cpu:
         amount = {"cpu": settings.bench_cpu, "memory": BENCH_MEMORY}
         return {"requests": dict(amount), "limits": dict(amount)}
-    return guaranteed(ms.spec.benchmark.physical_cores, BENCH_MEMORY)
+    return guaranteed(ms.spec.benchmark.physical_cores * max(threads_per_core, 1), BENCH_MEMORY)
 
 
 def render_bench_job(ms: ModelServer, settings: Settings, job_name: str, run_key: str,
-                     target_host: str | None = None) -> dict[str, Any]:
+                     target_host: str | None = None, *, threads_per_core: int = 1) -> dict[str, Any]:
     bench = ms.spec.benchmark
     pod_labels = {**labels(ms, "benchmark"), LABEL_RUN_KEY: run_key}
     # Warm-up and latency requests are bounded by the client's deadline; leave ample slack.
@@ -74,7 +75,7 @@ def render_bench_job(ms: ModelServer, settings: Settings, job_name: str, run_key
             "image": settings.bench_image,
             "command": ["pinserve", "bench"],
             "args": bench_args(ms, target_host),
-            "resources": bench_resources(ms, settings),
+            "resources": bench_resources(ms, settings, threads_per_core),
             "terminationMessagePath": TERMINATION_LOG,
             "terminationMessagePolicy": "File",
             "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
