@@ -43,6 +43,8 @@ class Backend(Protocol):
 
     def kubectl(self, *args: str, check: bool = True, input_text: str | None = None) -> str: ...
 
+    def wait_for(self, condition: str, name: str, timeout: int = 600) -> None: ...
+
 
 @dataclass
 class KindBackend:
@@ -53,6 +55,9 @@ class KindBackend:
     def kubectl(self, *args: str, check: bool = True, input_text: str | None = None) -> str:
         out: str = self.module.kubectl(*args, check=check, input_text=input_text)
         return out
+
+    def wait_for(self, condition: str, name: str, timeout: int = 600) -> None:
+        self.module.wait_for(condition, name=name, timeout=timeout)
 
 
 @dataclass
@@ -66,6 +71,9 @@ class RealNodeBackend:
     def kubectl(self, *args: str, check: bool = True, input_text: str | None = None) -> str:
         out: str = self.stack.kubectl(*args, check=check, input_text=input_text)
         return out
+
+    def wait_for(self, condition: str, name: str, timeout: int = 600) -> None:
+        self.stack.wait_for(condition, name=name, timeout=timeout)
 
 
 def modelserver(backend: Backend, name: str = DEMO) -> dict[str, Any]:
