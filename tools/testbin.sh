@@ -9,7 +9,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=versions.env
+# shellcheck source=tools/versions.env
 . "$here/versions.env"
 
 cache=${PINSERVE_CACHE:-$HOME/.cache/pinserve}
