@@ -20,6 +20,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
+def _nonroot(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value <= 0:
+        raise ValueError(f"environment variable {name}={value} must be a non-zero id (pods run as non-root)")
+    return value
+
+
 BENCH_TARGETS = ("service", "pod")
 _CPU = re.compile(r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$")
 
@@ -70,6 +77,10 @@ class Settings:
     # "service": the ModelServer's Service by DNS name; "pod": a ready server pod of the current revision
     # by IP, for clusters without cluster DNS or kube-proxy (the local real node).
     bench_target: str = "service"
+    # The user and group of every pod pinserve makes (Pod Security "restricted": non-root, non-zero). 65532
+    # is the user of the operator and bench images; any uid reads the TF Serving image and the model.
+    pod_uid: int = 65532
+    pod_gid: int = 65532
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -96,4 +107,6 @@ class Settings:
             convert_memory=env.get("PINSERVE_CONVERT_MEMORY") or default.convert_memory,
             bench_cpu=_cpu(env, "PINSERVE_BENCH_CPU"),
             bench_target=_choice(env, "PINSERVE_BENCH_TARGET", BENCH_TARGETS, default.bench_target),
+            pod_uid=_nonroot(env, "PINSERVE_POD_UID", default.pod_uid),
+            pod_gid=_nonroot(env, "PINSERVE_POD_GID", default.pod_gid),
         )

@@ -21,6 +21,7 @@ from pinserve.render.common import (
     selector,
 )
 from pinserve.render.configmap import BATCHING_CONFIG, MONITORING_CONFIG, START_SCRIPT, config_fingerprint
+from pinserve.render.security import restrict
 from pinserve.settings import Settings
 
 SERVER_CONTAINER = "server"
@@ -184,7 +185,6 @@ def render_deployment(ms: ModelServer, placement: Placement, settings: Settings)
             {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
             model["mount"],
         ],
-        "securityContext": {"allowPrivilegeEscalation": False},
         # A crash says why in the pod's status (and so in Ready=False CrashLooping): the log's tail
         # when the server wrote no termination message.
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -207,6 +207,7 @@ def render_deployment(ms: ModelServer, placement: Placement, settings: Settings)
     affinity = merge_affinity(spec.placement.affinity, placement.node_affinity)
     if affinity:
         pod_spec["affinity"] = affinity
+    restrict(pod_spec, settings)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -7,6 +7,7 @@ from typing import Any
 from pinserve.api import BenchmarkPlacement, ModelServer
 from pinserve.render.common import GRPC_PORT, REST_PORT, labels, metadata, selector
 from pinserve.render.deployment import guaranteed
+from pinserve.render.security import restrict
 from pinserve.settings import Settings
 
 LABEL_RUN_KEY = "pinserve.io/benchmark-run"
@@ -78,8 +79,6 @@ def render_bench_job(ms: ModelServer, settings: Settings, job_name: str, run_key
             "resources": bench_resources(ms, settings, threads_per_core),
             "terminationMessagePath": TERMINATION_LOG,
             "terminationMessagePolicy": "File",
-            "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
-                                "runAsUser": 65532},
         }],
     }
     if ms.spec.placement.tolerations:
@@ -87,6 +86,7 @@ def render_bench_job(ms: ModelServer, settings: Settings, job_name: str, run_key
     affinity = _affinity(ms)
     if affinity:
         pod_spec["affinity"] = affinity
+    restrict(pod_spec, settings)
     meta = metadata(ms, job_name, "benchmark")
     meta["labels"][LABEL_RUN_KEY] = run_key
     return {
