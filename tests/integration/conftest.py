@@ -129,10 +129,18 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[cluster_tools.Integratio
 
 @pytest.fixture
 def namespace(cluster: cluster_tools.IntegrationCluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace for one test, deleted (without waiting) afterwards."""
+    """A fresh namespace for one test, deleted (without waiting) afterwards.
+
+    Labelled ``pod-security.kubernetes.io/enforce=restricted``, so the API server's PodSecurity admission
+    refuses any pod pinserve makes that is not "restricted". A module whose own test pods are not (the
+    control plane's smoke tests, the agent's hand-made pods) sets ``POD_SECURITY = "privileged"``.
+    """
     base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
     name = f"t-{base}-{uuid.uuid4().hex[:6]}"
+    level = getattr(request.module, "POD_SECURITY", "restricted")
     cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("label", "namespace", name, f"pod-security.kubernetes.io/enforce={level}",
+                    "pod-security.kubernetes.io/enforce-version=latest")
     cluster.wait_for(
         f"the default ServiceAccount in {name}",
         lambda: True if cluster.exists("serviceaccount", "default", "-n", name) else None,

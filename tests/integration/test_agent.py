@@ -38,6 +38,8 @@ from tools import cluster as cluster_tools
 from tools import fakenodes
 
 pytestmark = pytest.mark.integration
+# Hand-made test pods (no pinserve securityContext): the namespace fixture enforces nothing here.
+POD_SECURITY = "privileged"
 
 AGENT_RULES = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},

@@ -28,6 +28,8 @@ from tools import cluster as cluster_tools
 from tools import fakenodes
 
 pytestmark = pytest.mark.integration
+# Hand-made test pods (no pinserve securityContext): the namespace fixture enforces nothing here.
+POD_SECURITY = "privileged"
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "pinserve"

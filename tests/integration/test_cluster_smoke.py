@@ -24,6 +24,8 @@ from tools import cluster as cluster_tools
 from tools import fakenodes
 
 pytestmark = pytest.mark.integration
+# Hand-made test pods (no pinserve securityContext): the namespace fixture enforces nothing here.
+POD_SECURITY = "privileged"
 
 
 def _pods(cluster: cluster_tools.IntegrationCluster, namespace: str, selector: str) -> list[dict[str, Any]]:
