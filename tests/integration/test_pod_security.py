@@ -57,8 +57,8 @@ def test_server_and_benchmark_pods_are_admitted(cluster: Any, operator: Any, nam
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(modelserver(name, cores=1, **spec)))
 
     selector = f"pinserve.io/modelserver={name},app.kubernetes.io/component=server"
-    pods = eventually("the server's pods", lambda: cluster.get_json("-n", namespace, "pods", "-l", selector)["items"]
-                      or failed_creates(cluster, namespace) and None, timeout=90)
+    pods = eventually("the server's pods", lambda: cluster.get_json("-n", namespace, "pods", "-l", selector)["items"],
+                      timeout=90)
     assert not failed_creates(cluster, namespace)
     pod = pods[0]["spec"]
     assert pod["automountServiceAccountToken"] is False
