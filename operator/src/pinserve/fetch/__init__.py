@@ -7,16 +7,24 @@ With ``--format frozenGraph`` or ``keras`` it picks the model file instead (``--
 its directory; the URI may also be the file itself) and converts it to a SavedModel (convert.py).
 A restart with the same URI and path reuses a complete ``--dest``. Failures end with one line on
 stderr and in the termination log, and a distinct exit code (``EXIT_REASONS``).
+
+Hard limits (limits.py): the archive's size (``--max-download-bytes``), the unpacked tree's
+(``--max-unpacked-bytes``), the whole fetch's time (``--deadline-seconds``, with a watchdog that ends the
+process shortly after it) and the time without a byte (``--timeout``, the stall timeout). Nothing printed
+carries a URI's query string or userinfo (redact.py): a presigned URL may come from the environment
+(``PINSERVE_MODEL_URI``, e.g. from the credentials Secret) while ``--uri`` holds it redacted.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,9 +69,22 @@ from pinserve.fetch.errors import (
     NotAnArchiveError,
     NotFoundError,
     PathNotFoundError,
+    TooLargeError,
     UnsafeArchiveError,
 )
+from pinserve.fetch.limits import (
+    DEFAULT_DEADLINE,
+    DEFAULT_MAX_DOWNLOAD,
+    DEFAULT_MAX_UNPACKED,
+    DEFAULT_STALL,
+    Budget,
+    Clock,
+    Limits,
+    human,
+    parse_size,
+)
 from pinserve.fetch.sources import Source, resolve
+from pinserve.redact import redact_text, redact_uri
 
 __all__ = [
     "EXIT_REASONS",
@@ -77,6 +98,7 @@ __all__ = [
     "FetchTimeoutError",
     "ForbiddenError",
     "InvalidArgumentError",
+    "Limits",
     "LocalIOError",
     "ModelConvertError",
     "NoModelFileError",
@@ -85,6 +107,7 @@ __all__ = [
     "NotFoundError",
     "PathNotFoundError",
     "Source",
+    "TooLargeError",
     "UnsafeArchiveError",
     "fetch_model",
     "main",
@@ -95,6 +118,8 @@ __all__ = [
 TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_LOG_VAR = "PINSERVE_TERMINATION_LOG"
 TERMINATION_LIMIT = 4000  # the kubelet keeps 4096 bytes per container
+URI_VAR = "PINSERVE_MODEL_URI"  # the full URI (say, presigned), when --uri carries it redacted
+WATCHDOG_GRACE = 30.0  # seconds past --deadline-seconds before the watchdog ends the process
 
 
 @dataclass(frozen=True)
@@ -111,7 +136,22 @@ class FetchResult:
 
 
 def _stderr(message: str) -> None:
-    print(f"fetch-model: {message}", file=sys.stderr, flush=True)
+    print(f"fetch-model: {redact_text(message)}", file=sys.stderr, flush=True)
+
+
+def _redacting(log: Callable[[str], None]) -> Callable[[str], None]:
+    return lambda message: log(redact_text(message))
+
+
+def _same_object(a: str, b: str) -> bool:
+    """Same scheme, host and path: the query string and userinfo aside."""
+    return redact_uri(a).split("?", 1)[0].split("#", 1)[0] == redact_uri(b).split("?", 1)[0].split("#", 1)[0]
+
+
+def full_uri(uri: str, env: Mapping[str, str]) -> str:
+    """``uri``, or PINSERVE_MODEL_URI when set and naming the same object (with its secret parts)."""
+    given = env.get(URI_VAR, "").strip()
+    return given if given and _same_object(given, uri) else uri
 
 
 def _marker(dest: Path) -> Path:
@@ -164,16 +204,22 @@ def fetch_model(
     model_format: str = SAVED_MODEL,
     inputs: Mapping[str, str] | None = None,
     outputs: Mapping[str, str] | None = None,
+    limits: Limits | None = None,
 ) -> FetchResult:
     """Put the SavedModel that ``path`` names inside the archive at ``uri`` exactly at ``dest``.
 
-    ``timeout`` bounds each connect and each read (seconds), ``retries`` the extra attempts after
-    a connection error, timeout or 5xx (backoff doubling from ``backoff`` seconds, capped at 30).
+    ``timeout`` is the stall timeout: a connect, or a read getting no byte, for that long fails (seconds);
+    ``retries`` the extra attempts after a connection error, timeout or 5xx (backoff doubling from
+    ``backoff`` seconds, capped at 30). ``limits`` the sizes and the deadline (its stall is ``timeout``).
     ``model_format`` frozenGraph or keras: ``path`` names the model file (or its directory), which is
     converted to a SavedModel; a frozen graph's signature maps ``inputs``/``outputs`` keys to tensors.
     Raises a ``FetchError`` subclass with a one-line message.
     """
-    say = log or _stderr
+    say = _redacting(log or _stderr)
+    limits = dataclasses.replace(limits or Limits(), stall=timeout)
+    limits.check()
+    clock = Clock(limits.deadline)
+    shown = redact_uri(uri)
     target = Path(dest)
     feeds, fetches = dict(inputs or {}), dict(outputs or {})
     if target.name in ("", ".", ".."):
@@ -185,15 +231,15 @@ def fetch_model(
     rel = clean_file_path(path) if converting else clean_path(path)
     single = converting and uri_names_model_file(uri, model_format)
     if not single:
-        reject_single_file(uri)
+        reject_single_file(shown)
     source = resolve(uri, env)
 
-    wanted: dict[str, object] = {"uri": uri, "path": rel}
+    wanted: dict[str, object] = {"uri": shown, "path": rel}
     if converting:
         wanted.update(format=model_format, inputs=feeds, outputs=fetches)
     record = _reusable(target, wanted)
     if record is not None:
-        say(f"{target} already holds the SavedModel from {uri}; nothing to do")
+        say(f"{target} already holds the SavedModel from {shown}; nothing to do")
         return FetchResult(target, source.url, str(record.get("selected", rel or ".")), True, 0,
                            str(record.get("sha256", "")), _count_files(target), model_format,
                            str(record.get("signature", "")))
@@ -207,8 +253,9 @@ def fetch_model(
         raise LocalIOError(f"cannot prepare {parent}: {err.strerror or err}") from None
     try:
         archive = work / "download"
-        say(f"fetching {uri} from {source.url} ({source.auth})")
-        got = download(source, archive, timeout=timeout, retries=retries, backoff=backoff, log=say)
+        say(f"fetching {shown} from {source.url} ({source.auth}; at most {human(limits.max_download)}, "
+            f"{human(limits.max_unpacked)} unpacked, within {limits.deadline:g}s)")
+        got = download(source, archive, limits=limits, clock=clock, retries=retries, backoff=backoff, log=say)
         say(f"downloaded {got.size} bytes, sha256 {got.sha256}")
         tree = work / "tree"
         tree.mkdir()
@@ -218,16 +265,18 @@ def fetch_model(
             os.rename(archive, tree / selected)
             unpacked = 1
         else:
-            unpacked = unpack(archive_kind(uri, archive), archive, tree, uri)
+            budget = Budget(limits.max_unpacked, f"the unpacked archive {shown}", "--max-unpacked-bytes",
+                            "PINSERVE_FETCH_MAX_UNPACKED", clock)
+            unpacked = unpack(archive_kind(shown, archive), archive, tree, shown, budget)
             archive.unlink()  # free the space before the tree moves
         if converting:
-            model_file, selected = select_model_file(tree, "" if single else rel, model_format, uri)
+            model_file, selected = select_model_file(tree, "" if single else rel, model_format, shown)
             model_dir = work / "converted"
             say(f"converting {selected} ({model_format}) to a SavedModel")
             signature = convert(model_format, model_file, model_dir, inputs=feeds, outputs=fetches, log=say)
             say(f"converted: {signature}")
         else:
-            model_dir, selected = select_saved_model(tree, rel, uri)
+            model_dir, selected = select_saved_model(tree, rel, shown)
         try:
             materialize_external_links(model_dir)
             make_readable(model_dir)
@@ -286,10 +335,34 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", action="append", default=[], metavar="KEY=TENSOR",
                         help="frozenGraph: signature output KEY read from TENSOR, e.g. "
                         "SemanticPredictions=SemanticPredictions:0 (repeatable)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per connect/read (default 60)")
+    parser.add_argument("--timeout", "--stall-seconds", type=float, default=DEFAULT_STALL, dest="timeout",
+                        help=f"stall timeout: seconds a connect, or a read, may go without a byte (default "
+                        f"{DEFAULT_STALL:g})")
     parser.add_argument("--retries", type=int, default=5,
                         help="extra attempts after connection errors, timeouts and 5xx (default 5)")
+    parser.add_argument("--max-download-bytes", type=parse_size, default=DEFAULT_MAX_DOWNLOAD, metavar="BYTES",
+                        help="refuse an archive larger than this, by its Content-Length or while it streams "
+                        "(default 32Gi; suffixes Ki Mi Gi Ti)")
+    parser.add_argument("--max-unpacked-bytes", type=parse_size, default=DEFAULT_MAX_UNPACKED, metavar="BYTES",
+                        help="refuse an archive that unpacks to more than this (default 64Gi)")
+    parser.add_argument("--deadline-seconds", type=float, default=DEFAULT_DEADLINE,
+                        help=f"the whole fetch, download and unpacking, within this (default {DEFAULT_DEADLINE:g})")
     return parser
+
+
+def _watchdog(deadline: float, env: Mapping[str, str]) -> threading.Timer:
+    """Ends the process shortly after the deadline even if a call blocks where the checks cannot see it."""
+    def expire() -> None:
+        line = (f"{FetchTimeoutError.reason}: the deadline of {deadline:g}s for the whole fetch passed "
+                "(--deadline-seconds; the operator's PINSERVE_FETCH_DEADLINE_SECONDS); the watchdog ended it")
+        print(f"pinserve fetch-model: {line}", file=sys.stderr, flush=True)
+        write_termination_log(line, env)
+        os._exit(FetchTimeoutError.exit_code)
+
+    timer = threading.Timer(deadline + WATCHDOG_GRACE, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -297,21 +370,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help or a usage error: argparse has printed why
         return exc.code if isinstance(exc.code, int) else 2
+    shown = redact_uri(args.uri)
+    limits = Limits(args.max_download_bytes, args.max_unpacked_bytes, args.deadline_seconds, args.timeout)
+    watchdog = _watchdog(args.deadline_seconds, os.environ) if args.deadline_seconds > 0 else None
     try:
-        result = fetch_model(args.uri, args.path, args.dest, timeout=args.timeout, retries=args.retries,
-                             model_format=args.model_format, inputs=parse_pairs(args.input, "--input"),
-                             outputs=parse_pairs(args.output, "--output"))
+        result = fetch_model(full_uri(args.uri, os.environ), args.path, args.dest, timeout=args.timeout,
+                             retries=args.retries, model_format=args.model_format,
+                             inputs=parse_pairs(args.input, "--input"), outputs=parse_pairs(args.output, "--output"),
+                             limits=limits)
     except FetchError as err:
         print(f"pinserve fetch-model: {err.line()}", file=sys.stderr, flush=True)
         write_termination_log(err.line())
         return err.exit_code
     except Exception as err:  # a bug: keep the trace in the log, the gist in the message
-        traceback.print_exc()
-        line = f"FetchFailed: unexpected {type(err).__name__}: {err}"
+        print(redact_text(traceback.format_exc()), file=sys.stderr, flush=True)
+        line = redact_text(f"FetchFailed: unexpected {type(err).__name__}: {err}")
         write_termination_log(line)
         return FetchError.exit_code
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
     what = "reused" if result.reused else f"fetched {result.size} bytes (sha256 {result.sha256}) into"
     made = f"SavedModel converted from {result.format} {result.selected}" if result.format != SAVED_MODEL \
         else f"SavedModel {result.selected}"
-    print(f"{what} {result.dest}: {made} from {args.uri}, {result.files} files")
+    print(f"{what} {result.dest}: {made} from {shown}, {result.files} files")
     return 0

@@ -1,7 +1,9 @@
 """Unpack a model archive safely and find the SavedModel directory inside it.
 
-Safety: no absolute names, no '..', no links leaving the tree, no device files or FIFOs; tarfile's
-``data`` filter runs as a second line where the interpreter has it.
+Safety: no absolute names, no '..', no links leaving the tree, no device files, FIFOs or sparse files;
+tarfile's ``data`` filter runs as a second line where the interpreter has it. Bombs: every byte written
+is counted against the unpacked limit (a member's declared size is checked before it is written, its
+real bytes while they are), and so are the members (``MAX_MEMBERS``).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import tarfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from pinserve.fetch.errors import (
     AmbiguousSavedModelError,
     CorruptArchiveError,
+    FetchError,
     InvalidArgumentError,
     LocalIOError,
     NoSavedModelError,
@@ -30,6 +33,10 @@ from pinserve.fetch.errors import (
     PathNotFoundError,
     UnsafeArchiveError,
 )
+from pinserve.fetch.limits import MAX_MEMBERS, Budget
+
+CHUNK = 1 << 20
+MAX_LINK = 4096  # bytes of a zip symlink's target (read into memory)
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 ARCHIVE_SUFFIXES: dict[str, str] = {
@@ -134,16 +141,26 @@ def _os_error(err: OSError, uri: str, member: str) -> Exception:
     return CorruptArchiveError(f"{uri}: cannot unpack {member!r}: {err.strerror or err}")
 
 
-def _unpack_tar(archive: Path, root: Path, uri: str) -> int:
+def _count_member(count: int, uri: str) -> int:
+    if count >= MAX_MEMBERS:
+        raise UnsafeArchiveError(f"{uri}: more than {MAX_MEMBERS} members (an archive bomb?)")
+    return count + 1
+
+
+def _unpack_tar(archive: Path, root: Path, uri: str, budget: Budget) -> int:
     kwargs: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-    files, member = 0, ""
+    files, member, members = 0, "", 0
     seen_files: set[str] = set()
     try:
         # Stream mode: one pass over the (compressed) archive.
         with tarfile.open(archive, mode="r|*") as tar:
             for info in tar:
                 member = info.name
+                members = _count_member(members, uri)
                 path = _member_path(info.name, uri)
+                if info.issparse():
+                    raise UnsafeArchiveError(f"{uri}: member {info.name!r} is a sparse file (its size on disk is "
+                                             "not what the archive holds)")
                 if info.isdev() or info.isfifo():
                     raise UnsafeArchiveError(f"{uri}: member {info.name!r} is a device file or FIFO")
                 if info.issym():
@@ -158,13 +175,16 @@ def _unpack_tar(archive: Path, root: Path, uri: str) -> int:
                 if str(path) == ".":
                     continue
                 _check_inside((root / path).parent, root, info.name, uri)
+                if info.isfile():  # tarfile writes exactly info.size bytes (or fails on a short archive)
+                    budget.expect(info.size, f"member {info.name!r}")
+                    budget.add(info.size)
                 tar.extract(info, root, set_attrs=False, **kwargs)
                 if info.issym():  # a chain of links can climb where no single one does
                     _check_inside(root / path, root, info.name, uri)
                 if info.isfile() or info.islnk():
                     files += 1
                     seen_files.add(str(path))
-    except UnsafeArchiveError:
+    except FetchError:  # UnsafeArchiveError, TooLargeError, the deadline
         raise
     except tarfile.FilterError as err:
         raise UnsafeArchiveError(f"{uri}: {err}") from None
@@ -176,12 +196,19 @@ def _unpack_tar(archive: Path, root: Path, uri: str) -> int:
     return files
 
 
-def _unpack_zip(archive: Path, root: Path, uri: str) -> int:
-    files, member = 0, ""
+def _copy_counted(src: IO[bytes], dst: IO[bytes], budget: Budget) -> None:
+    while chunk := src.read(CHUNK):
+        budget.add(len(chunk))
+        dst.write(chunk)
+
+
+def _unpack_zip(archive: Path, root: Path, uri: str, budget: Budget) -> int:
+    files, member, members = 0, "", 0
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 member = info.filename
+                members = _count_member(members, uri)
                 path = _member_path(info.filename, uri)
                 if str(path) == ".":
                     continue
@@ -189,6 +216,8 @@ def _unpack_zip(archive: Path, root: Path, uri: str) -> int:
                 target = root / path
                 _check_inside(target.parent, root, info.filename, uri)
                 if stat.S_ISLNK(mode):
+                    if info.file_size > MAX_LINK:
+                        raise UnsafeArchiveError(f"{uri}: symlink {info.filename!r} has a {info.file_size}-byte target")
                     link = zf.read(info).decode("utf-8")
                     _check_symlink(info.filename, link, uri)
                     target.parent.mkdir(parents=True, exist_ok=True)
@@ -202,8 +231,10 @@ def _unpack_zip(archive: Path, root: Path, uri: str) -> int:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     if target.is_symlink():
                         target.unlink()
+                    # The declared size first, then the bytes as they come: a header may lie.
+                    budget.expect(info.file_size, f"member {info.filename!r}")
                     with zf.open(info) as src, target.open("wb") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
+                        _copy_counted(src, dst, budget)
                     files += 1
     except zipfile.BadZipFile as err:
         where = f" at member {member!r}" if member else ""
@@ -215,9 +246,9 @@ def _unpack_zip(archive: Path, root: Path, uri: str) -> int:
     return files
 
 
-def unpack(kind: str, archive: Path, root: Path, uri: str) -> int:
-    """Unpack into the (empty) directory ``root``; the number of files."""
-    return _unpack_zip(archive, root, uri) if kind == "zip" else _unpack_tar(archive, root, uri)
+def unpack(kind: str, archive: Path, root: Path, uri: str, budget: Budget) -> int:
+    """Unpack into the (empty) directory ``root`` within ``budget`` (the unpacked limit); the number of files."""
+    return _unpack_zip(archive, root, uri, budget) if kind == "zip" else _unpack_tar(archive, root, uri, budget)
 
 
 def clean_path(path: str) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pinserve.redact import redact_text
+
 
 class FetchError(Exception):
     """Base class: ``reason`` is one CamelCase word, ``exit_code`` is distinct per subclass."""
@@ -16,7 +18,9 @@ class FetchError(Exception):
     exit_code: ClassVar[int] = 1
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
+        # Redacted here, so no message (stderr, termination log, Events, status) carries a presigned
+        # query string or a password from a URI.
+        super().__init__(redact_text(" ".join(message.split())))
 
     @property
     def message(self) -> str:
@@ -104,10 +108,18 @@ class AmbiguousModelFileError(FetchError):
     exit_code = 23
 
 
+class TooLargeError(FetchError):
+    """The download or the unpacked tree passed its limit (--max-download-bytes, --max-unpacked-bytes)."""
+
+    reason = "TooLarge"
+    exit_code = 24
+
+
 ERRORS: tuple[type[FetchError], ...] = (
     FetchError, InvalidArgumentError, NotFoundError, ForbiddenError, DownloadFailedError, FetchTimeoutError,
     CorruptArchiveError, UnsafeArchiveError, NotAnArchiveError, PathNotFoundError, NoSavedModelError,
     AmbiguousSavedModelError, LocalIOError, ModelConvertError, NoModelFileError, AmbiguousModelFileError,
+    TooLargeError,
 )
 # exit code -> reason, for the operator (an init container's exit code survives when its message does not).
 EXIT_REASONS: dict[int, str] = {cls.exit_code: cls.reason for cls in ERRORS}
