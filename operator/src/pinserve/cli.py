@@ -1,4 +1,4 @@
-"""`pinserve run | topology | render | bench | agent | fetch-model`."""
+"""`pinserve run | topology | render | bench | agent | fetch-model | tune | tune-report`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import select
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,18 +28,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import kopf  # noqa: PLC0415  (the other commands must not pay for kopf's import)
 
     import pinserve.handlers  # noqa: F401, PLC0415  (registers the handlers)
+    from pinserve.peering import default_priority  # noqa: PLC0415
     from pinserve.settings import Settings  # noqa: PLC0415
 
-    namespaces = Settings.from_env().namespaces
+    settings = Settings.from_env()
     kopf.configure(verbose=args.verbose)
     if not args.verbose:
         # kopf logs every handled watch event at INFO; keep the operator's own lines and warnings.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    peering: dict[str, Any] = {"standalone": True}
+    if settings.peering:
+        # kopf names this replica by POD_ID (the chart sets the pod's name); pinserve.peering reads the same.
+        os.environ.setdefault("POD_ID", f"{socket.gethostname()}/{os.getpid()}")
+        priority = default_priority() if settings.peering_priority is None else settings.peering_priority
+        peering = {"peering_name": settings.peering, "priority": priority, "identity": os.environ["POD_ID"]}
     kopf.run(
-        standalone=True,
-        clusterwide=not namespaces,
-        namespaces=list(namespaces),
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
         liveness_endpoint=args.liveness,
+        **peering,
     )
     return 0
 
@@ -132,6 +140,11 @@ def _parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("agent", help="the node agent: publish CPU topology and pod cpusets (DaemonSet)",
                    add_help=False)
+    sub.add_parser("tune", help="find the fastest thread and batching settings on bare metal: start a server "
+                   "binary per candidate on the given CPUs and benchmark it (see `pinserve tune --help`)",
+                   add_help=False)
+    sub.add_parser("tune-report", help="print tuning trials (`pinserve tune` JSON or a ModelServer's "
+                   "status.tuning) as a table, best first", add_help=False)
     return parser
 
 
@@ -141,12 +154,16 @@ def _delegate(command: str, rest: list[str]) -> int:
         from pinserve.bench.cli import main as delegate  # noqa: PLC0415
     elif command == "fetch-model":
         from pinserve.fetch import main as delegate  # noqa: PLC0415
+    elif command == "tune":
+        from pinserve.tune.cli import main as delegate  # noqa: PLC0415
+    elif command == "tune-report":
+        from pinserve.tuning_report import main as delegate  # noqa: PLC0415
     else:
         from pinserve.agent.cli import main as delegate  # noqa: PLC0415
     return delegate(rest)
 
 
-_DELEGATED = ("bench", "fetch-model", "agent")
+_DELEGATED = ("bench", "fetch-model", "agent", "tune", "tune-report")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""`pinserve tune`: the tuning search on bare metal (see pinserve.tuning for the search itself)."""
