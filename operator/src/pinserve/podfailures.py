@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pinserve.fetch.errors import ModelConvertError
+from pinserve.redact import redact_text
 from pinserve.status import Condition
 
 UNPUBLISHED_DEFAULT_IMAGE = "tensorflow/serving:mkl"
@@ -246,7 +247,7 @@ def rejected_record(pods: Sequence[Pod], previous: Sequence[Mapping[str, Any]] |
         newest = group[0]
         record.append({"reason": reason, "count": count, "pods": names,
                        "node": str((newest.get("spec") or {}).get("nodeName") or ""),
-                       "message": str((newest.get("status") or {}).get("message") or "")[:500],
+                       "message": redact_text(str((newest.get("status") or {}).get("message") or ""))[:500],
                        "_created": _created(newest)})
     record.sort(key=lambda r: (r.pop("_created"), r["reason"]), reverse=True)
     return record

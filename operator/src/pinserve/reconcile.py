@@ -17,6 +17,7 @@ from pinserve.nodeclass import PlacementRecord
 from pinserve.pinning import pinned_condition, pod_view
 from pinserve.planning import NodeInfo, Placement, PlanError, plan
 from pinserve.podfailures import KEEP_REJECTED, new_causes, ready_problem, rejected_record, rejected_to_delete
+from pinserve.redact import redact_text
 from pinserve.render import render_children
 from pinserve.render.common import selector_string
 from pinserve.render.service import endpoints
@@ -39,6 +40,10 @@ class EventSpec:
     type: str  # Normal | Warning
     reason: str
     message: str
+
+    def __post_init__(self) -> None:
+        # Events are readable namespace-wide: no presigned query string or URI password in them.
+        object.__setattr__(self, "message", redact_text(self.message))
 
 
 @dataclass(frozen=True)

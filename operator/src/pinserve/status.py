@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from pinserve.redact import redact_text
+
 CONDITION_TYPES = ("Ready", "Placed", "Pinned", "Benchmarked")
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -22,6 +24,11 @@ class Condition:
     status: ConditionStatus
     reason: str  # one CamelCase word
     message: str = ""
+
+    def __post_init__(self) -> None:
+        # Status is readable by whoever reads the ModelServer: no presigned query string or URI password in it
+        # (a fetch failure, a pod's termination message, an admission message may quote the model URI).
+        object.__setattr__(self, "message", redact_text(self.message))
 
 
 def now_rfc3339() -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from pinserve.api import ModelFormat, ModelServer
 from pinserve.planning import DEFAULT_INTER_OP, DEFAULT_KMP_BLOCKTIME, Placement
+from pinserve.redact import has_secret_part, redact_uri
 from pinserve.render.common import (
     ANNOTATION_CONFIG_HASH,
     CONFIG_DIR,
@@ -82,6 +83,26 @@ def _server_env(ms: ModelServer, placement: Placement) -> list[dict[str, Any]]:
     return [e for e in env if e["name"] not in overridden] + user_env
 
 
+def model_volume_size_limit(settings: Settings) -> str:
+    """The model emptyDir's sizeLimit: the setting, or room for the archive and its unpacked tree (they
+    coexist while unpacking) plus 1Gi; past it the kubelet evicts the pod."""
+    if settings.model_volume_size_limit:
+        return settings.model_volume_size_limit
+    total = settings.fetch_max_download + settings.fetch_max_unpacked + (1 << 30)
+    return f"{total >> 30}Gi" if total % (1 << 30) == 0 else str(total)
+
+
+def _fetch_args(uri: str, settings: Settings) -> tuple[list[str], list[dict[str, Any]]]:
+    """The fetcher's arguments, and its env. A URI with a query string or userinfo (a presigned URL) goes to
+    the env, never to the args (which ps, logs and describe show): --uri carries it redacted."""
+    args = ["--uri", redact_uri(uri) if has_secret_part(uri) else uri,
+            "--max-download-bytes", str(settings.fetch_max_download),
+            "--max-unpacked-bytes", str(settings.fetch_max_unpacked),
+            "--deadline-seconds", str(settings.fetch_deadline_seconds)]
+    env = [_env("PINSERVE_MODEL_URI", uri)] if has_secret_part(uri) else []
+    return args, env
+
+
 def _model_source(ms: ModelServer, settings: Settings) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Init containers that put the SavedModel under /models/<name>/<version>, and the volume."""
     model = ms.spec.model
@@ -97,16 +118,19 @@ def _model_source(ms: ModelServer, settings: Settings) -> tuple[list[dict[str, A
         # The PVC's SavedModel directory is mounted straight at its version directory: no copy.
         return [], {"volume": volume, "mount": {**mount, "mountPath": version_dir,
                                                   "readOnly": True, "subPath": sub_path}}
-    volume = {"name": MODEL_VOLUME, "emptyDir": {}}
+    volume = {"name": MODEL_VOLUME, "emptyDir": {"sizeLimit": model_volume_size_limit(settings)}}
     if model.uri is not None:
+        fetch_args, fetch_env = _fetch_args(model.uri, settings)
         init: dict[str, Any] = {
             "name": "fetch-model",
             "image": settings.operator_image,
             "command": ["pinserve", "fetch-model"],
-            "args": ["--uri", model.uri, "--path", model.path, "--dest", version_dir],
+            "args": [*fetch_args, "--path", model.path, "--dest", version_dir],
             "resources": fetch_resources,
             "volumeMounts": [dict(mount)],
         }
+        if fetch_env:  # explicit env wins over envFrom: a PINSERVE_MODEL_URI in the Secret applies otherwise
+            init["env"] = fetch_env
         if model.format is not ModelFormat.SAVED_MODEL:
             # Conversion needs TensorFlow, which the bench image carries (the operator image does not),
             # and memory for the whole model. Keys sorted: the API server does not keep a map's order.
