@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates what is derived from the chart and the CRD (`make manifests` calls this):
-#   charts/pinserve/crds/modelservers.pinserve.io.yaml  <- exact copy of crds/modelservers.pinserve.io.yaml
-#   manifests/install.yaml                              <- Namespace + `helm template` of the chart (CRD included)
+#   charts/pinserve/crds/*.yaml  <- exact copies of crds/*.yaml (the ModelServer CRD, kopf's peering CRDs)
+#   manifests/install.yaml       <- Namespace + `helm template` of the chart (CRDs included)
 # Usage: tools/gen_manifests.sh            write both files
 #        tools/gen_manifests.sh --stdout   print install.yaml as it would be generated, change nothing
 #        tools/gen_manifests.sh --check    exit 1 (naming the stale file) if either file is out of date
@@ -9,8 +9,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-crd_src="$root/crds/modelservers.pinserve.io.yaml"
-crd_copy="$root/charts/pinserve/crds/modelservers.pinserve.io.yaml"
+crd_src_dir="$root/crds"
+crd_copy_dir="$root/charts/pinserve/crds"
 install="$root/manifests/install.yaml"
 release=pinserve
 namespace=pinserve-system
@@ -49,25 +49,26 @@ YAML
 mode=${1:-write}
 case "$mode" in
   write)
-    mkdir -p "$(dirname "$crd_copy")" "$(dirname "$install")"
-    cp "$crd_src" "$crd_copy"
+    mkdir -p "$crd_copy_dir" "$(dirname "$install")"
+    rm -f "$crd_copy_dir"/*.yaml
+    cp "$crd_src_dir"/*.yaml "$crd_copy_dir"/
     out=$(render "$root/charts/pinserve")
     printf '%s\n' "$out" >"$install"
-    echo "gen_manifests: wrote ${crd_copy#"$root"/} and ${install#"$root"/}" >&2
+    echo "gen_manifests: wrote ${crd_copy_dir#"$root"/}/*.yaml and ${install#"$root"/}" >&2
     ;;
   --stdout)
     # Render from a scratch copy of the chart carrying the current CRD, so the answer does not
     # depend on whether the chart's copy was refreshed.
     tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
     cp -R "$root/charts/pinserve" "$tmp/pinserve"
-    mkdir -p "$tmp/pinserve/crds"; cp "$crd_src" "$tmp/pinserve/crds/"
+    rm -rf "$tmp/pinserve/crds"; mkdir -p "$tmp/pinserve/crds"; cp "$crd_src_dir"/*.yaml "$tmp/pinserve/crds/"
     out=$(render "$tmp/pinserve")
     printf '%s\n' "$out"
     ;;
   --check)
     stale=0
-    if ! cmp -s "$crd_src" "$crd_copy"; then
-      echo "gen_manifests: ${crd_copy#"$root"/} differs from ${crd_src#"$root"/}" >&2; stale=1
+    if ! diff -r -q "$crd_src_dir" "$crd_copy_dir" >/dev/null; then
+      echo "gen_manifests: ${crd_copy_dir#"$root"/} differs from ${crd_src_dir#"$root"/}" >&2; stale=1
     fi
     if ! "$0" --stdout | cmp -s - "$install"; then
       echo "gen_manifests: ${install#"$root"/} is out of date" >&2; stale=1

@@ -104,12 +104,14 @@ def test_helm_lint() -> None:
 def test_renders_expected_objects(rendered: list[Doc]) -> None:
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in rendered)
     assert kinds == [
+        ("ClusterKopfPeering", "pinserve"),
         ("ClusterRole", "pinserve-agent"),
         ("ClusterRole", "pinserve-operator"),
         ("ClusterRoleBinding", "pinserve-agent"),
         ("ClusterRoleBinding", "pinserve-operator"),
         ("DaemonSet", "pinserve-agent"),
         ("Deployment", "pinserve-operator"),
+        ("Service", "pinserve-operator-metrics"),
         ("ServiceAccount", "pinserve-agent"),
         ("ServiceAccount", "pinserve-operator"),
         ("ValidatingAdmissionPolicy", "pinserve-agent-own-node"),
@@ -120,7 +122,8 @@ def test_renders_expected_objects(rendered: list[Doc]) -> None:
             assert doc["metadata"]["namespace"] == NAMESPACE
 
 
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+                  "ClusterKopfPeering"}
 
 
 def test_agent_can_be_disabled() -> None:
@@ -131,9 +134,13 @@ def test_agent_can_be_disabled() -> None:
     assert [d["metadata"]["name"] for d in by_kind(docs, "ServiceAccount")] == ["pinserve-operator"]
 
 
-def test_include_crds_renders_the_crd() -> None:
+def test_include_crds_renders_the_crds() -> None:
     crds = by_kind(render(include_crds=True), "CustomResourceDefinition")
-    assert crds == [yaml.safe_load(CRD_PATH.read_text())]
+    top_level = [d for p in sorted((ROOT / "crds").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    key = lambda d: d["metadata"]["name"]  # noqa: E731
+    assert sorted(crds, key=key) == sorted(top_level, key=key)
+    assert {key(d) for d in crds} == {"modelservers.pinserve.io", "clusterkopfpeerings.kopf.dev",
+                                      "kopfpeerings.kopf.dev"}
 
 
 # ---------------------------------------------------------------- Guaranteed QoS
@@ -170,6 +177,8 @@ def test_values_schema_rejects_unknown_values() -> None:
 OPERATOR_RULES = {
     ("pinserve.io", "modelservers"): {"get", "list", "watch", "patch"},
     ("pinserve.io", "modelservers/status"): {"get", "patch", "update"},
+    ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
+    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "update"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update"},
@@ -227,7 +236,8 @@ def test_bindings_point_at_the_service_accounts(rendered: list[Doc]) -> None:
 def test_operator_deployment(rendered: list[Doc]) -> None:
     deploy = one(rendered, "Deployment", "operator")
     assert deploy["spec"]["replicas"] == 1
-    assert deploy["spec"]["strategy"] == {"type": "Recreate"}
+    assert deploy["spec"]["strategy"] == {"type": "RollingUpdate",
+                                          "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = deploy["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["command"] == ["pinserve", "run"]
@@ -351,12 +361,14 @@ def test_agent_admission_policy_binds_the_agent_to_its_node(rendered: list[Doc])
 # ---------------------------------------------------------------- generated files and docs
 
 
-def test_chart_crd_is_a_copy_of_the_top_level_crd() -> None:
+def test_chart_crds_are_copies_of_the_top_level_crds() -> None:
     copies = sorted(p.name for p in (CHART / "crds").iterdir())
-    assert copies == [CRD_PATH.name]
-    assert (CHART / "crds" / CRD_PATH.name).read_bytes() == CRD_PATH.read_bytes(), (
-        "charts/pinserve/crds/ is stale: run tools/gen_manifests.sh (make manifests)"
-    )
+    assert copies == sorted(p.name for p in (ROOT / "crds").iterdir())
+    assert CRD_PATH.name in copies and "kopf-peering.yaml" in copies
+    for name in copies:
+        assert (CHART / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), (
+            f"charts/pinserve/crds/{name} is stale: run tools/gen_manifests.sh (make manifests)"
+        )
 
 
 def test_install_yaml_is_current() -> None:
@@ -374,7 +386,7 @@ def test_install_yaml_is_current() -> None:
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": NAMESPACE, "labels": {"app.kubernetes.io/part-of": "pinserve"}},
     }  # fmt: skip
-    assert [d["kind"] for d in docs].count("CustomResourceDefinition") == 1
+    assert [d["kind"] for d in docs].count("CustomResourceDefinition") == 3
 
 
 FREE_FORM = {

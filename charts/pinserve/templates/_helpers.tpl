@@ -90,3 +90,19 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ default "443" .Values.apiServer.port | toString | quote }}
 {{- end -}}
 {{- end -}}
+
+{{/* The kopf peering object (ClusterKopfPeering, or a KopfPeering per watched namespace) of this release. */}}
+{{- define "pinserve.peeringName" -}}
+{{- include "pinserve.fullname" . -}}
+{{- end -}}
+
+{{/* The metrics bind address: the value, else 0.0.0.0, or 127.0.0.1 on the host network. */}}
+{{- define "pinserve.metricsHost" -}}
+{{- if .Values.operator.metrics.host -}}
+{{- .Values.operator.metrics.host -}}
+{{- else if .Values.operator.hostNetwork -}}
+127.0.0.1
+{{- else -}}
+0.0.0.0
+{{- end -}}
+{{- end -}}

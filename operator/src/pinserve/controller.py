@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,6 +96,9 @@ class Controller:
     # Consecutive reconciles of a key that ended in an API error: the backoff before the next one.
     api_failures: dict[Key, int] = field(default_factory=dict)
     reconciles: int = 0
+    # For the metrics: reconciles by result (ok, error) and errors by reason (the Ready=False reason).
+    results: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
 
     def _lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -144,10 +148,12 @@ class Controller:
             outcome = reconcile(body, snapshot.nodes, snapshot.observed, self.settings, now)
             api_error: float | None = None
             desired = outcome.status
+            failed_reason: str | None = None
             try:
                 await self._carry_out(outcome, snapshot.observed)
             except _CarryOutError as failed:
                 failure = failed.condition
+                failed_reason = failure.reason
                 if failure.reason == "ApiError":
                     api_error = failed.retry_after if failed.retry_after is not None else 0.0
                 generation = int((body.get("metadata") or {}).get("generation") or 1)
@@ -164,6 +170,10 @@ class Controller:
             except ApiError as exc:
                 log.warning("could not write the status of %s/%s: %s", key[0], key[1], exc)
                 api_error = max(api_error or 0.0, exc.retry_after or 0.0)
+                failed_reason = failed_reason or "ApiError"
+            self.results["error" if failed_reason else "ok"] += 1
+            if failed_reason:
+                self.errors[failed_reason] += 1
             for event in outcome.events:
                 await self._post_event(body, event)
             return dataclasses.replace(outcome, requeue_after=self._requeue(key, outcome.requeue_after, api_error))

@@ -35,6 +35,9 @@ _RESOURCES: dict[str, tuple[str, str, bool]] = {
     "Deployment": ("/apis/apps/v1", "deployments", True),
     "Job": ("/apis/batch/v1", "jobs", True),
     "ModelServer": (f"/apis/{GROUP}/{VERSION}", PLURAL, True),
+    # kopf's peering objects (leader election between operator replicas: pinserve.peering).
+    "ClusterKopfPeering": ("/apis/kopf.dev/v1", "clusterkopfpeerings", False),
+    "KopfPeering": ("/apis/kopf.dev/v1", "kopfpeerings", True),
 }
 
 _SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")

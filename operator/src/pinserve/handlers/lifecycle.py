@@ -13,13 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+from aiohttp import web
 
+from pinserve import metrics
 from pinserve.controller import Controller
 from pinserve.handlers import state
 from pinserve.kube import Credentials, KubeApi
+from pinserve.peering import Follower
 from pinserve.settings import Settings
 
 log = logging.getLogger("pinserve")
+# Started with the operator, stopped at cleanup: the metrics endpoint and the peering follower.
+_METRICS: web.AppRunner | None = None
+_FOLLOWER: asyncio.Task[None] | None = None
 
 
 def in_cluster_server(env: Mapping[str, str]) -> str | None:
@@ -60,10 +66,46 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     operator_settings = Settings.from_env()
     state.CONTROLLER = Controller(api=KubeApi(Credentials.from_environment()), settings=operator_settings)
     state.RESYNC_TASK = asyncio.create_task(_resync_forever(operator_settings.resync_seconds))
+    await _start_peering(settings, state.CONTROLLER.api)
+    await _start_metrics(operator_settings)
     stats_file = os.environ.get("PINSERVE_STATS_FILE")
     if stats_file:
         state.STATS_TASK = asyncio.create_task(_write_stats_forever(Path(stats_file)))
     log.info("pinserve started: %s", operator_settings)
+
+
+async def _start_peering(settings: kopf.OperatorSettings, api: KubeApi) -> None:
+    """With kopf peering on, reconcile only while this replica leads (see pinserve.peering)."""
+    global _FOLLOWER  # noqa: PLW0603  (module state by design)
+    if settings.peering.standalone:
+        return
+    state.LEADING = False
+    follower = Follower(api=api, name=settings.peering.name, identity=os.environ.get("POD_ID", ""),
+                        priority=settings.peering.priority, clusterwide=settings.peering.clusterwide,
+                        on_change=state.set_leading)
+    _FOLLOWER = asyncio.create_task(follower.run())
+
+
+def sample() -> metrics.Sample:
+    controller = state.CONTROLLER
+    queue = state.QUEUE
+    return metrics.Sample(
+        reconciles=metrics.counts(controller.results) if controller else {},
+        errors=metrics.counts(controller.errors) if controller else {},
+        requests=metrics.counts(controller.api.requests) if controller else {},
+        latency=state.LATENCY,
+        queue_active=queue.pending() if queue else 0,
+        queue_scheduled=queue.scheduled() if queue else 0,
+        modelservers=len(state.modelserver_keys()),
+        leader=state.LEADING,
+    )
+
+
+async def _start_metrics(settings: Settings) -> None:
+    global _METRICS  # noqa: PLW0603  (module state by design)
+    if settings.metrics_port > 0:
+        _METRICS = await metrics.serve(sample, settings.metrics_host, settings.metrics_port)
+        log.info("metrics at http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
 
 
 async def _resync_forever(interval: int) -> None:
@@ -90,11 +132,16 @@ async def _write_stats_forever(path: Path) -> None:
 
 @kopf.on.cleanup()
 async def shutdown(**_: Any) -> None:
-    for task in (state.RESYNC_TASK, state.STATS_TASK):
+    global _METRICS, _FOLLOWER  # noqa: PLW0603  (module state by design)
+    if _METRICS is not None:
+        await _METRICS.cleanup()
+        _METRICS = None
+    for task in (state.RESYNC_TASK, state.STATS_TASK, _FOLLOWER):
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+    _FOLLOWER = None
     if state.CONTROLLER is not None:
         await state.CONTROLLER.api.close()
     state.reset()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from pinserve.controller import Controller, Key, Snapshot, observed_for
+from pinserve.metrics import Histogram
 from pinserve.planning import NodeInfo
 from pinserve.workqueue import KeyedQueue
 
@@ -14,6 +16,9 @@ CONTROLLER: Controller | None = None
 RESYNC_TASK: asyncio.Task[None] | None = None
 STATS_TASK: asyncio.Task[None] | None = None
 QUEUE: KeyedQueue[Key] | None = None
+# False while another replica leads (kopf peering, pinserve.peering); standalone operators always lead.
+LEADING = True
+LATENCY = Histogram()
 # kopf hands indices to handlers only; the resync loop borrows them from the last handler call.
 INDICES: dict[str, Any] = {}
 LAST_NODES: dict[str, NodeInfo] = {}
@@ -26,13 +31,15 @@ ALL_INDEXES = (MODELSERVER_INDEX, NODE_INDEX, POD_INDEX, *CHILD_INDEXES)
 
 
 def reset() -> None:
-    global CONTROLLER, RESYNC_TASK, STATS_TASK, QUEUE  # noqa: PLW0603  (module state by design)
+    global CONTROLLER, RESYNC_TASK, STATS_TASK, QUEUE, LEADING, LATENCY  # noqa: PLW0603  (module state by design)
     if QUEUE is not None:
         QUEUE.cancel()
     QUEUE = None
     CONTROLLER = None
     RESYNC_TASK = None
     STATS_TASK = None
+    LEADING = True
+    LATENCY = Histogram()
     INDICES.clear()
     LAST_NODES.clear()
 
@@ -75,8 +82,16 @@ def snapshot(key: Key) -> Snapshot:
 
 async def _reconcile(key: Key) -> None:
     # The snapshot is taken when the work runs, so a coalesced burst sees its latest event.
-    if CONTROLLER is not None:
-        outcome = await CONTROLLER.sync(key, snapshot(key))
+    if CONTROLLER is not None and LEADING:
+        started = time.monotonic()
+        try:
+            outcome = await CONTROLLER.sync(key, snapshot(key))
+        except Exception:
+            CONTROLLER.results["error"] += 1
+            CONTROLLER.errors["Exception"] += 1
+            raise
+        finally:
+            LATENCY.observe(time.monotonic() - started)
         # A bounded wait (benchmark) or an API error's backoff: come back then, not only at the resync.
         if outcome is not None and outcome.requeue_after is not None:
             queue().trigger_later(key, outcome.requeue_after)
@@ -102,6 +117,16 @@ def forget(key: Key) -> None:
         QUEUE.forget(key)
 
 
+def set_leading(leading: bool) -> None:
+    """This replica starts or stops leading; a new leader looks at everything at once."""
+    global LEADING  # noqa: PLW0603  (module state by design)
+    LEADING = leading
+    if leading:
+        resync_all()
+
+
 def resync_all() -> None:
+    if not LEADING:
+        return
     for key in modelserver_keys():
         trigger(key)

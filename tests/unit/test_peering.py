@@ -1,0 +1,75 @@
+"""Leader election on kopf peering: who leads, seen from one replica (kopf's own rule)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from typing import Any
+
+import pytest
+
+from pinserve.peering import Follower, default_priority, leads
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime.datetime(2026, 12, 1, 12, 0, 0, tzinfo=datetime.UTC)
+
+
+def peer(priority: int, seconds_ago: float = 1, lifetime: int = 60) -> dict[str, Any]:
+    return {"priority": priority, "lifetime": lifetime,
+            "lastseen": (NOW - datetime.timedelta(seconds=seconds_ago)).isoformat()}
+
+
+def test_alone_or_highest_leads() -> None:
+    assert leads({}, "a", -5, NOW)
+    assert leads({"a": peer(-5)}, "a", -5, NOW)
+    assert leads({"a": peer(-5), "b": peer(-9)}, "a", -5, NOW)
+    assert not leads({"a": peer(-9), "b": peer(-5)}, "a", -9, NOW)
+
+
+def test_equal_priority_pauses_both_as_kopf_does() -> None:
+    assert not leads({"a": peer(3), "b": peer(3)}, "a", 3, NOW)
+
+
+def test_dead_or_leaving_peers_do_not_count() -> None:
+    assert leads({"a": peer(-9), "b": peer(-5, seconds_ago=61)}, "a", -9, NOW)
+    assert leads({"a": peer(-9), "b": peer(-5, lifetime=0)}, "a", -9, NOW)  # kopf's exit writes lifetime 0
+    assert leads({"a": peer(-9), "b": "garbage"}, "a", -9, NOW)
+
+
+def test_without_an_identity_our_own_priority_is_ours() -> None:
+    assert leads({"kopf-chosen": peer(-5)}, "", -5, NOW)
+    assert not leads({"kopf-chosen": peer(-5), "b": peer(-1)}, "", -5, NOW)
+
+
+def test_default_priority_prefers_the_older_replica() -> None:
+    older = default_priority(now=1_790_000_000.000, rand=lambda a, b: b)
+    newer = default_priority(now=1_790_000_000.001, rand=lambda a, b: a)
+    assert older > newer
+    assert abs(default_priority(now=1_800_000_000.0)) < 2**53  # exact in JSON
+
+
+def test_follower_tracks_the_object_and_reports_changes() -> None:
+    changes: list[bool] = []
+
+    async def run() -> None:
+        follower = Follower(api=None, name="pinserve", identity="b", priority=-9,  # type: ignore[arg-type]
+                            on_change=changes.append)
+        now = datetime.datetime.now(datetime.UTC)
+        live = {"priority": -5, "lifetime": 60, "lastseen": now.isoformat()}
+        mine = {"priority": -9, "lifetime": 60, "lastseen": now.isoformat()}
+        follower._seen({"type": "ADDED", "object": {"metadata": {"name": "other"}, "status": {}}})
+        assert changes == []  # not our peering object
+        follower._seen({"type": "ADDED", "object": {"metadata": {"name": "pinserve", "resourceVersion": "1"},
+                                                    "status": {"a": live, "b": mine}}})
+        assert follower.leading is False
+        follower._seen({"type": "MODIFIED", "object": {"metadata": {"name": "pinserve", "resourceVersion": "2"},
+                                                       "status": {"b": mine}}})
+        assert follower.leading is True
+        follower._seen({"type": "DELETED", "object": {"metadata": {"name": "pinserve", "resourceVersion": "3"}}})
+        assert follower.leading is False
+        if follower._timer is not None:
+            follower._timer.cancel()
+
+    asyncio.run(run())
+    assert changes == [True, False]
