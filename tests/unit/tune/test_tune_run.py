@@ -1,0 +1,145 @@
+"""`pinserve tune` with real processes on loopback: a server whose latency the test dictates through its thread
+flags (the search must find the known best, which is not Intel's rule), and the TF Serving stand-in with a
+small real SavedModel (the run must complete and report every trial)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
+
+from pinserve.tuning_report import main as report_main
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[3]
+FAKE = Path(__file__).with_name("fake_threads_server.py")
+STANDIN = REPO / "tools" / "standin" / "tensorflow_model_server.py"
+TRIAL_KEYS = {"intraOp", "interOp", "batching", "status", "p50Ms", "p99Ms", "itemsPerSecond"}
+#: Predict latency by "intra,inter": the unique best is 1 intra-op and 1 inter-op thread, far from Intel's rule
+#: (all physical cores, 2 inter-op); 1,2 is so slow (6x) that its probe stops it early after a 20 ms trial.
+LATENCY_MS = {"1,1": 5.0, "1,2": 120.0, "default": 20.0}
+
+
+def _two_cpus() -> str:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs to have a search space around Intel's rule")
+    return f"{cpus[0]},{cpus[1]}"
+
+
+def _wrapper(tmp: Path, program: Path) -> Path:
+    """An executable 'server binary' running `program` with this interpreter."""
+    path = tmp / f"{program.stem}-bin"
+    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{program}" "$@"\n')
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def _canned(tmp: Path) -> Path:
+    sig = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+    sig.inputs["x"].dtype = types_pb2.DT_FLOAT
+    sig.inputs["x"].tensor_shape.dim.add(size=-1)
+    sig.inputs["x"].tensor_shape.dim.add(size=4)
+    sig.outputs["y"].dtype = types_pb2.DT_FLOAT
+    sig.outputs["y"].tensor_shape.dim.add(size=-1)
+    metadata = get_model_metadata_pb2.GetModelMetadataResponse()
+    metadata.model_spec.name = "m"
+    metadata.metadata["signature_def"].Pack(get_model_metadata_pb2.SignatureDefMap(signature_def={
+        "serving_default": sig}))
+    predict = predict_pb2.PredictResponse()
+    predict.outputs["y"].CopyFrom(tf.make_tensor_proto(np.zeros(1, np.float32)))
+    canned = tmp / "canned"
+    canned.mkdir()
+    (canned / "metadata.bin").write_bytes(metadata.SerializeToString())
+    (canned / "predict.bin").write_bytes(predict.SerializeToString())
+    (canned / "latency.json").write_text(json.dumps(LATENCY_MS))
+    return canned
+
+
+def _tune(*argv: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "pinserve", "tune", *argv], capture_output=True, text=True,
+                          cwd=REPO, timeout=280, check=False,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
+    assert done.returncode == 0, f"exit {done.returncode}\nstderr:\n{done.stderr[-4000:]}\nstdout:\n{done.stdout}"
+    out: dict[str, Any] = json.loads(done.stdout)
+    return out
+
+
+def _assert_complete(out: dict[str, Any], trials: int) -> None:
+    assert len(out["trials"]) == trials
+    for trial in out["trials"]:
+        assert trial.keys() >= TRIAL_KEYS, trial
+    assert out["baseline"] == out["trials"][0]
+    assert out["best"] in out["trials"]
+    assert {"gainPercent", "tuningSeconds", "physicalCores", "threadsPerCore", "cpus", "objective"} <= out.keys()
+
+
+def test_tune_finds_the_known_best(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _tune(
+        "--server-binary", str(_wrapper(tmp_path, FAKE)), "--model", "m", "--model-base-path", str(tmp_path),
+        "--cpus", _two_cpus(), "--intra-op", "1,2", "--inter-op", "1,2", "--objective", "latency",
+        "--requests", "662", "--duration", "0.5", "--concurrency", "2", "--warmup", "3",
+        f"--server-arg=--canned={_canned(tmp_path)}",
+    )
+    _assert_complete(out, 4)
+    best = out["best"]
+    assert (best["intraOp"], best["interOp"]) == (1, 1), json.dumps(out, indent=2)
+    assert (out["baseline"]["intraOp"], out["baseline"]["interOp"]) != (1, 1)
+    assert best["p99Ms"] < out["baseline"]["p99Ms"]  # 5 ms against 20 ms (or 120 ms) by design
+    assert out["gainPercent"] > 25
+    for trial in out["trials"][1:]:
+        if (trial["intraOp"], trial["interOp"]) == (1, 2):
+            assert trial["status"] == "stoppedEarly", trial
+            assert trial["p99Ms"] is None and trial["p50Ms"] >= 100
+
+    # tune-report reads the same JSON: best first, the baseline marked
+    src = tmp_path / "tune.json"
+    src.write_text(json.dumps(out))
+    assert report_main([str(src)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("objective latency; 4 trial(s)")
+    assert table[1].split()[:3] == ["RANK", "INTRA", "INTER"]
+    assert table[2].split()[:3] == ["1", "1", "1"]
+    assert any("baseline (Intel's rule)" in line for line in table)
+
+
+class Linear(tf.Module):  # type: ignore[misc]
+    """serving_default: y = x @ W (float32 [-1, 4] -> [-1, 3])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = tf.Variable(np.ones((4, 3), np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])  # type: ignore[misc]
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": tf.matmul(x, self.w)}
+
+
+def _save_model(base: Path) -> None:
+    module = Linear()
+    tf.saved_model.save(module, str(base / "1"), signatures={"serving_default": module.serve})
+
+
+def test_tune_with_the_standin_completes(tmp_path: Path) -> None:
+    _save_model(tmp_path / "m")
+    out = _tune(
+        "--server-binary", str(_wrapper(tmp_path, STANDIN)), "--model", "m",
+        "--model-base-path", str(tmp_path / "m"), "--cpus", _two_cpus(), "--objective", "throughput",
+        "--max-trials", "3", "--requests", "662", "--duration", "1", "--warmup", "3",
+    )
+    _assert_complete(out, 3)
+    assert out["trials"][1]["batching"] is True  # the throughput objective's nearest neighbour
+    assert all(t["status"] in ("ok", "stoppedEarly") for t in out["trials"]), json.dumps(out, indent=2)
+    print(json.dumps(out, indent=2))  # the figures, for the record (pytest -s)
