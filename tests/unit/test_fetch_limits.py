@@ -80,6 +80,13 @@ def test_presigned_uri_from_the_environment_is_used_but_never_shown(
     record = (dest.parent / ".1.pinserve-fetch.json").read_text()
     for text in (out.out, out.err, record):
         assert "deadbeef42" not in text and "t0k" not in text
+    assert "uri_sha256" in record  # another signature is another URI: no reuse on its strength
+    monkeypatch.setenv("PINSERVE_MODEL_URI", full.replace("deadbeef42", "cafe"))
+    assert main(["--uri", redact_uri(full), "--dest", str(dest)]) == 0
+    assert len(store.requests("/m.tar.gz")) == 2
+    assert main(["--uri", redact_uri(full), "--dest", str(dest)]) == 0  # the same one again: reused
+    assert len(store.requests("/m.tar.gz")) == 2
+    capsys.readouterr()
     # Given in --uri itself (no environment), a failure is still redacted everywhere.
     monkeypatch.delenv("PINSERVE_MODEL_URI")
     assert main(["--uri", f"{store.base}/gone.tar.gz?sig=s1gn4ture", "--dest", str(dest), "--retries", "0"]) == 10
@@ -230,3 +237,31 @@ def test_main_takes_the_limits_as_flags(tmp_path: Path, monkeypatch: pytest.Monk
         code = main(["--uri", base + "/m.tar.gz", "--dest", str(tmp_path / "m" / "1"), "--max-download-bytes", "1Mi"])
     assert code == 24 and "1 MiB (1048576 bytes; --max-download-bytes" in log.read_text()
     assert main(["--uri", "http://h/m.tgz", "--dest", str(tmp_path / "m" / "1"), "--deadline-seconds", "0"]) == 3
+
+
+OBJECT_HEADERS = b"Last-Modified: Tue, 01 Dec 2026 00:00:00 GMT\r\nETag: \"1\"\r\n"
+
+
+def object_stall(conn: socket.socket) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n" + OBJECT_HEADERS + b"\r\nabc")
+    time.sleep(5)
+
+
+def object_trickle(conn: socket.socket) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n" + OBJECT_HEADERS + b"\r\n")
+    for _ in range(200):
+        conn.sendall(b"\0")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("serve", "limits", "match"), [
+    (object_stall, Limits(), r"stalled: no byte for 1s"),
+    (object_trickle, Limits(deadline=2.0), r"deadline of 2s .*--deadline-seconds"),
+])
+def test_object_store_stall_and_deadline(tmp_path: Path, serve: Callable[[socket.socket], None], limits: Limits,
+                                         match: str) -> None:
+    started = time.monotonic()
+    with raw_server(serve) as base, pytest.raises(FetchTimeoutError, match=match):
+        fetch("gs://b/m.tar.gz", tmp_path / "g" / "1", timeout=1.0, retries=0, limits=limits,
+              env={"GCS_ENDPOINT_URL": base, "GOOGLE_SKIP_SIGNATURE": "true"})
+    assert time.monotonic() - started < 4

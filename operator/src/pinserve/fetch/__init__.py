@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -84,7 +85,7 @@ from pinserve.fetch.limits import (
     parse_size,
 )
 from pinserve.fetch.sources import Source, resolve
-from pinserve.redact import redact_text, redact_uri
+from pinserve.redact import has_secret_part, redact_text, redact_uri
 
 __all__ = [
     "EXIT_REASONS",
@@ -235,6 +236,8 @@ def fetch_model(
     source = resolve(uri, env)
 
     wanted: dict[str, object] = {"uri": shown, "path": rel}
+    if has_secret_part(uri):  # the record shows no secret, but another query must not pass for this one
+        wanted["uri_sha256"] = hashlib.sha256(uri.encode()).hexdigest()
     if converting:
         wanted.update(format=model_format, inputs=feeds, outputs=fetches)
     record = _reusable(target, wanted)

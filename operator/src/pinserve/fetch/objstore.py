@@ -13,6 +13,7 @@ The stream goes into the same limited ``Sink`` as http(s). obstore retries and t
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -81,6 +82,8 @@ def _failure(source: Source, err: Exception) -> FetchError:
 def download_object(source: Source, target: Path, *, limits: Limits, clock: Clock, retries: int) -> Download:
     """Stream ``source``'s object into ``target`` within the download limit and the deadline."""
     budget = download_budget(source, limits, clock)
+    last = time.monotonic()
+    got = 0
     try:
         store = _store(source, limits, clock, retries)
         result = obstore.get(store, source.key)
@@ -88,12 +91,20 @@ def download_object(source: Source, target: Path, *, limits: Limits, clock: Cloc
         with Sink(target, budget) as sink:
             for chunk in result.stream(min_chunk_size=CHUNK):
                 sink.write(bytes(chunk))
+                last, got = time.monotonic(), sink.size
     except FetchError:
         raise
-    except obx.BaseError as err:
-        raise _failure(source, err) from None
-    except (OSError, ValueError, RuntimeError) as err:
-        # obstore surfaces some failures (bad configuration, a broken stream) as plain Python errors.
+    except (obx.BaseError, OSError, ValueError, RuntimeError) as err:
+        # obstore surfaces some failures (bad configuration, a broken stream) as plain Python errors. Its
+        # timeouts say only "body error": which bound ended it is told by the clocks.
+        if clock.remaining() < 1.0:
+            clock.check(f"downloading {source.shown} ({got} bytes so far)")
+            raise FetchTimeoutError(f"the deadline of {clock.deadline:g}s for the whole fetch passed while "
+                                    f"downloading {source.shown} ({got} bytes so far; --deadline-seconds, the "
+                                    "operator's PINSERVE_FETCH_DEADLINE_SECONDS)") from None
+        if time.monotonic() - last >= 0.9 * limits.stall:
+            raise FetchTimeoutError(f"{source.shown}: download stalled: no byte for {limits.stall:g}s after {got} bytes "
+                                    "written (the stall timeout, --timeout)") from None
         raise _failure(source, err) from None
     clock.check(f"downloading {source.shown}")
     return sink.result()

@@ -97,6 +97,7 @@ def _gcs(uri: str, env: Mapping[str, str]) -> Source:
         options["bearer_token"] = token[1]
         auth = f"bearer token from {token[0]}"
     elif env.get("GOOGLE_SKIP_SIGNATURE", "").strip().lower() in TRUE:
+        options["skip_signature"] = "true"
         auth = "anonymous (GOOGLE_SKIP_SIGNATURE)"
     else:
         auth = ("the service account key in GOOGLE_SERVICE_ACCOUNT / GOOGLE_APPLICATION_CREDENTIALS"
@@ -129,6 +130,7 @@ def _s3(uri: str, env: Mapping[str, str]) -> Source:
         shown_key = access[:4] + "…" if len(access) > 4 else "…"
         auth = f"access key {shown_key}"
     elif env.get("AWS_SKIP_SIGNATURE", "").strip().lower() in TRUE:
+        options["skip_signature"] = "true"
         auth = "anonymous (AWS_SKIP_SIGNATURE)"
     elif env.get("AWS_WEB_IDENTITY_TOKEN_FILE", "").strip():
         auth = "web identity (EKS IRSA: AWS_ROLE_ARN with AWS_WEB_IDENTITY_TOKEN_FILE)"
