@@ -60,11 +60,14 @@ class RealNodeStack:
         if state is None:
             raise ClusterError("the control plane is not running")
         images = self.images
+        healthz_port, metrics_port = free_ports(2)
         values = {
             "operator": {
                 "image": _repo_tag(images["operator"]) | {"pullPolicy": "IfNotPresent"},
                 "hostNetwork": True,
-                "healthz": {"host": "127.0.0.1", "port": free_ports(1)[0]},
+                "healthz": {"host": "127.0.0.1", "port": healthz_port},
+                # On the host's network: a free loopback port (the chart binds 127.0.0.1 with hostNetwork).
+                "metrics": {"port": metrics_port},
                 "resyncSeconds": 20,
             },
             "agent": {"hostNetwork": True, "kubeletDir": str(self.node.layout.kubelet_dir),
