@@ -73,3 +73,15 @@ def test_follower_tracks_the_object_and_reports_changes() -> None:
 
     asyncio.run(run())
     assert changes == [True, False]
+
+
+def test_settings_from_the_environment() -> None:
+    from pinserve.settings import Settings  # noqa: PLC0415
+
+    default = Settings.from_env({})
+    assert (default.peering, default.peering_priority, default.metrics_port) == ("", None, 0)
+    chart = Settings.from_env({"PINSERVE_PEERING": "pinserve", "PINSERVE_PEERING_PRIORITY": "",
+                               "PINSERVE_METRICS_HOST": "127.0.0.1", "PINSERVE_METRICS_PORT": "9090"})
+    assert (chart.peering, chart.peering_priority, chart.metrics_host, chart.metrics_port) == (
+        "pinserve", None, "127.0.0.1", 9090)
+    assert Settings.from_env({"PINSERVE_PEERING_PRIORITY": "-7"}).peering_priority == -7
