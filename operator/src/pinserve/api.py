@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -250,6 +250,32 @@ class Benchmark(_Model):
     physical_cores: int = Field(default=1, ge=1, le=64)
 
 
+class TuningSearch(_Model):
+    """Each omitted dimension is `auto` (pinserve.tuning): Intel's rule and its neighbours."""
+
+    intra_op: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, min_length=1, max_length=16)
+    inter_op: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, min_length=1, max_length=16)
+    batching: list[bool] | None = Field(default=None, min_length=1, max_length=2)
+
+
+class Tuning(_Model):
+    enabled: bool = False
+    objective: Literal["latency", "throughput"] = "latency"
+    p99_budget_ms: float | None = Field(default=None, ge=0.01)
+    max_trials: int = Field(default=8, ge=1, le=64)
+    search: TuningSearch = Field(default_factory=TuningSearch)
+
+    @model_validator(mode="after")
+    def _supported(self) -> Self:
+        if self.p99_budget_ms is not None and self.objective != "throughput":
+            raise ValueError("p99BudgetMs applies to objective throughput only")
+        if self.enabled:
+            # No trial pods yet (issue 13): refused rather than accepted and silently not done.
+            raise ValueError("enabled: tuning in the cluster is not available in this version; run `pinserve "
+                             "tune` on a node of this class and set spec.threading to the winner")
+        return self
+
+
 class ModelServerSpec(_Model):
     model: ModelSource
     server: ServerSpec = Field(default_factory=ServerSpec)
@@ -258,6 +284,7 @@ class ModelServerSpec(_Model):
     placement: Placement = Field(default_factory=Placement)
     replicas: int = Field(default=1, ge=0, le=1000)
     benchmark: Benchmark = Field(default_factory=Benchmark)
+    tuning: Tuning = Field(default_factory=Tuning)
 
     @model_validator(mode="after")
     def _thread_bounds(self) -> Self:

@@ -74,8 +74,8 @@ def run_key(ms: ModelServer) -> str:
 
 
 def spec_key(ms: ModelServer) -> str:
-    """What a benchmark measures: the spec without replicas, and the on-demand request if any."""
-    spec = {k: v for k, v in ms.spec.to_wire().items() if k != "replicas"}
+    """What a benchmark measures: the spec without replicas and tuning, and the on-demand request if any."""
+    spec = {k: v for k, v in ms.spec.to_wire().items() if k not in ("replicas", "tuning")}
     data = {"spec": spec, "requested": ms.annotations.get(ANNOTATION_REQUESTED, "")}
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
