@@ -16,7 +16,7 @@ REDACTED = "REDACTED"
 _URL = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*)://([^\s'\"<>()\[\]{}]+)")
 _SECRET_PAIR = re.compile(
     r"(?i)\b(x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential|"
-    r"googleaccessid|signature|sig|token|access_token|password|secret|key|apikey|api_key)=([^&\s'\"]+)")
+    r"googleaccessid|signature|sig|token|access_token|password|secret|apikey|api_key)=([^&\s'\"]+)")
 
 
 def has_secret_part(uri: str) -> bool:
