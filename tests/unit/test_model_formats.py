@@ -150,7 +150,8 @@ def test_frozen_graph_is_fetched_and_converted_in_the_bench_image(render: Callab
                    "outputs": {"SemanticPredictions": "SemanticPredictions:0", "A": "a/b:1"}})
     assert init["image"] == "pinserve/bench:t" and init["command"] == ["pinserve", "fetch-model"]
     assert init["args"] == ["--uri", URI, "--max-download-bytes", str(32 << 30), "--max-unpacked-bytes",
-                            str(64 << 30), "--deadline-seconds", "3600", "--path", "deeplabv3_pascal_trainval", "--dest", "/models/deeplabv3/1",
+                            str(64 << 30), "--deadline-seconds", "3600", "--path", "deeplabv3_pascal_trainval",
+                            "--dest", "/models/deeplabv3/1",
                             "--format", "frozenGraph", "--input", "ImageTensor=ImageTensor:0",
                             "--output", "A=a/b:1", "--output", "SemanticPredictions=SemanticPredictions:0"]
     # Guaranteed in whole CPUs like every init container, with the conversion's memory.

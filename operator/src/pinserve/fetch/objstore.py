@@ -103,8 +103,8 @@ def download_object(source: Source, target: Path, *, limits: Limits, clock: Cloc
                                     f"downloading {source.shown} ({got} bytes so far; --deadline-seconds, the "
                                     "operator's PINSERVE_FETCH_DEADLINE_SECONDS)") from None
         if time.monotonic() - last >= 0.9 * limits.stall:
-            raise FetchTimeoutError(f"{source.shown}: download stalled: no byte for {limits.stall:g}s after {got} bytes "
-                                    "written (the stall timeout, --timeout)") from None
+            raise FetchTimeoutError(f"{source.shown}: download stalled: no byte for {limits.stall:g}s after "
+                                    f"{got} bytes written (the stall timeout, --timeout)") from None
         raise _failure(source, err) from None
     clock.check(f"downloading {source.shown}")
     return sink.result()
