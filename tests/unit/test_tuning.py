@@ -21,6 +21,7 @@ from pinserve.tuning import (
     gain_percent,
     judge,
     measurement_from_report,
+    needs_confirmation,
     ranked,
     result,
 )
@@ -180,3 +181,37 @@ def test_result_json() -> None:
 )
 def test_measurement_from_report(report: dict[str, Any], expected: Measurement) -> None:
     assert measurement_from_report(report) == expected
+
+
+@pytest.mark.parametrize(
+    ("trials", "expected"),
+    [
+        (LAT_TRIALS, True),
+        ([ok(c(2, 2), 1, 4), ok(c(1, 2), 1, 6)], False),  # the baseline won: nothing to confirm
+        ([Trial(c(2, 2), TrialStatus.FAILED), ok(c(1, 2), 1, 4)], False),
+        ([], False),
+    ],
+)
+def test_needs_confirmation(trials: list[Trial], expected: bool) -> None:
+    assert needs_confirmation(L, trials) is expected
+
+
+@pytest.mark.parametrize(
+    ("again", "best", "baseline_p99", "gain", "note"),
+    [
+        # confirmed: the second figures stand
+        ([ok(c(4, 2), 10, 18), ok(c(3, 2), 8, 12)], c(3, 2), 18, 33.3, "beat the baseline again"),
+        # not confirmed: the baseline wins, no gain
+        ([ok(c(4, 2), 10, 12), ok(c(3, 2), 8, 13)], c(4, 2), 12, 0.0, "not confirmed"),
+        # incomplete: the first round's winner stays, no gain is claimed
+        ([Trial(c(4, 2), TrialStatus.FAILED), ok(c(3, 2), 8, 13)], c(3, 2), 20, None, "incomplete"),
+    ],
+)
+def test_confirmation(again: list[Trial], best: Candidate, baseline_p99: float, gain: float | None,
+                      note: str) -> None:
+    out = result(L, LAT_TRIALS, confirmation=again)
+    assert (out["best"]["intraOp"], out["best"]["interOp"]) == (best.intra_op, best.inter_op)
+    assert out["baseline"]["p99Ms"] == baseline_p99
+    assert out["gainPercent"] == gain
+    assert any(note in n for n in out["notes"])
+    assert len(out["confirmation"]) == 2

@@ -52,7 +52,8 @@ def render_table(tuning: Mapping[str, Any]) -> str:
     if tuning.get("tuningSeconds") is not None:
         summary += f" in {tuning['tuningSeconds']:g} s"
     summary += "; gain over Intel's rule: " + ("unknown" if gain is None else f"{gain:+g}%")
-    return "\n".join([summary, *lines]) + "\n"
+    notes = [f"note: {n}" for n in tuning.get("notes") or []]
+    return "\n".join([summary, *lines, *notes]) + "\n"
 
 
 def tunings(doc: Any) -> list[tuple[str | None, Mapping[str, Any]]]:

@@ -81,8 +81,9 @@ def _assert_complete(out: dict[str, Any], trials: int) -> None:
     assert len(out["trials"]) == trials
     for trial in out["trials"]:
         assert trial.keys() >= TRIAL_KEYS, trial
-    assert out["baseline"] == out["trials"][0]
-    assert out["best"] in out["trials"]
+    measured = out["trials"] + out.get("confirmation", [])
+    assert out["baseline"] in (out["trials"][0], *out.get("confirmation", [])[:1])
+    assert out["best"] in measured
     assert {"gainPercent", "tuningSeconds", "physicalCores", "threadsPerCore", "cpus", "objective"} <= out.keys()
 
 
@@ -94,6 +95,9 @@ def test_tune_finds_the_known_best(tmp_path: Path, capsys: pytest.CaptureFixture
         f"--server-arg=--canned={_canned(tmp_path)}",
     )
     _assert_complete(out, 4)
+    # the winner is not Intel's rule, so both were measured once more, and those figures decide
+    assert [(t["intraOp"], t["interOp"]) for t in out["confirmation"]] == [
+        (out["trials"][0]["intraOp"], out["trials"][0]["interOp"]), (1, 1)]
     best = out["best"]
     assert (best["intraOp"], best["interOp"]) == (1, 1), json.dumps(out, indent=2)
     assert (out["baseline"]["intraOp"], out["baseline"]["interOp"]) != (1, 1)
@@ -137,7 +141,7 @@ def test_tune_with_the_standin_completes(tmp_path: Path) -> None:
     out = _tune(
         "--server-binary", str(_wrapper(tmp_path, STANDIN)), "--model", "m",
         "--model-base-path", str(tmp_path / "m"), "--cpus", _two_cpus(), "--objective", "throughput",
-        "--max-trials", "3", "--requests", "662", "--duration", "1", "--warmup", "3",
+        "--max-trials", "3", "--requests", "662", "--duration", "1", "--warmup", "3", "--no-confirm",
     )
     _assert_complete(out, 3)
     assert out["trials"][1]["batching"] is True  # the throughput objective's nearest neighbour
