@@ -117,8 +117,8 @@ def setup(cluster: Any, tmp_path: Path) -> Iterator[Setup]:
     cluster.install_crd(PEERING_CRD, "kopfpeerings.kopf.dev")
     kubeconfig = tmp_path / "kubeconfig"
     install_operator_rbac(cluster, kubeconfig)
+    # The operator creates its peering object (kopf does not, and would wait for it forever).
     name = f"pinserve-it-{uuid.uuid4().hex[:6]}"
-    cluster.apply_objects([{"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}])
     yield Setup(cluster, kubeconfig, name, tmp_path)
     cluster.kubectl("delete", "clusterkopfpeering", name, "--ignore-not-found", check=False)
 

@@ -104,7 +104,6 @@ def test_helm_lint() -> None:
 def test_renders_expected_objects(rendered: list[Doc]) -> None:
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in rendered)
     assert kinds == [
-        ("ClusterKopfPeering", "pinserve"),
         ("ClusterRole", "pinserve-agent"),
         ("ClusterRole", "pinserve-operator"),
         ("ClusterRoleBinding", "pinserve-agent"),
@@ -122,8 +121,7 @@ def test_renders_expected_objects(rendered: list[Doc]) -> None:
             assert doc["metadata"]["namespace"] == NAMESPACE
 
 
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
-                  "ClusterKopfPeering"}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
 def test_agent_can_be_disabled() -> None:
@@ -177,8 +175,8 @@ def test_values_schema_rejects_unknown_values() -> None:
 OPERATOR_RULES = {
     ("pinserve.io", "modelservers"): {"get", "list", "watch", "patch"},
     ("pinserve.io", "modelservers/status"): {"get", "patch", "update"},
-    ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
-    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+    ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "create", "patch"},
+    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "create", "patch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "update"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update"},

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pinserve.kube import ApiError, KubeApi
+from pinserve.kube import ApiError, KubeApi, resource_path
 
 log = logging.getLogger("pinserve")
 
@@ -71,6 +71,7 @@ class Follower:
     identity: str
     priority: int
     clusterwide: bool = True
+    namespaces: tuple[str, ...] = ()  # watched by a namespaced operator: a KopfPeering in each
     on_change: Callable[[bool], None] = lambda leading: None
     leading: bool = False
     _objects: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # namespace ("" cluster) -> status
@@ -113,6 +114,22 @@ class Follower:
         self._evaluate()
         return str(meta.get("resourceVersion") or "") or None
 
+    async def ensure(self) -> None:
+        """Create the peering object(s) kopf keeps its keep-alives in, if missing: kopf does not, and pauses
+        without them. Made here rather than by the chart, so a plain `kubectl apply` of the install manifest
+        (the CRDs and their objects in one go) works on a fresh cluster."""
+        kind = CLUSTER_KIND if self.clusterwide else NAMESPACED_KIND
+        for namespace in [None] if self.clusterwide else list(self.namespaces):
+            body = {"apiVersion": "kopf.dev/v1", "kind": kind,
+                    "metadata": {"name": self.name, **({"namespace": namespace} if namespace else {}),
+                                 "labels": {"app.kubernetes.io/part-of": "pinserve"}}}
+            try:
+                await self.api.request("POST", resource_path(kind, namespace), body=body)
+                log.info("created %s %s%s for leader election", kind, f"{namespace}/" if namespace else "", self.name)
+            except ApiError as exc:
+                if exc.status != 409:  # 409: it exists (another replica, or an earlier run)
+                    raise
+
     async def run(self) -> None:
         kind = CLUSTER_KIND if self.clusterwide else NAMESPACED_KIND
         selector = f"metadata.name={self.name}"
@@ -120,6 +137,7 @@ class Follower:
         while True:
             try:
                 if resource_version is None:
+                    await self.ensure()
                     listed = await self.api.list_object(kind, None, field_selector=selector)
                     self._objects = {
                         ("" if self.clusterwide else str(o["metadata"].get("namespace") or "")): o.get("status") or {}

@@ -66,7 +66,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     operator_settings = Settings.from_env()
     state.CONTROLLER = Controller(api=KubeApi(Credentials.from_environment()), settings=operator_settings)
     state.RESYNC_TASK = asyncio.create_task(_resync_forever(operator_settings.resync_seconds))
-    await _start_peering(settings, state.CONTROLLER.api)
+    await _start_peering(settings, state.CONTROLLER.api, operator_settings.namespaces)
     await _start_metrics(operator_settings)
     stats_file = os.environ.get("PINSERVE_STATS_FILE")
     if stats_file:
@@ -74,7 +74,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     log.info("pinserve started: %s", operator_settings)
 
 
-async def _start_peering(settings: kopf.OperatorSettings, api: KubeApi) -> None:
+async def _start_peering(settings: kopf.OperatorSettings, api: KubeApi, namespaces: tuple[str, ...]) -> None:
     """With kopf peering on, reconcile only while this replica leads (see pinserve.peering)."""
     global _FOLLOWER  # noqa: PLW0603  (module state by design)
     if settings.peering.standalone:
@@ -82,7 +82,7 @@ async def _start_peering(settings: kopf.OperatorSettings, api: KubeApi) -> None:
     state.LEADING = False
     follower = Follower(api=api, name=settings.peering.name, identity=os.environ.get("POD_ID", ""),
                         priority=settings.peering.priority, clusterwide=settings.peering.clusterwide,
-                        on_change=state.set_leading)
+                        namespaces=namespaces, on_change=state.set_leading)
     _FOLLOWER = asyncio.create_task(follower.run())
 
 
