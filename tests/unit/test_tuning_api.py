@@ -51,6 +51,7 @@ def test_spec_tuning(tuning: dict[str, Any], error: str | None) -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
+        ({}, [True, True]),  # the CRD's default: the API server checks the rules against it
         ({"enabled": False, "objective": "latency"}, [True, True]),
         ({"enabled": True, "objective": "latency"}, [False, True]),
         ({"enabled": False, "objective": "latency", "p99BudgetMs": 5.0}, [True, False]),
