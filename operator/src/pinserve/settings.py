@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pinserve import __version__
+from pinserve.quantity import memory_bytes
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -25,6 +26,34 @@ def _nonroot(env: Mapping[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise ValueError(f"environment variable {name}={value} must be a non-zero id (pods run as non-root)")
     return value
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value <= 0:
+        raise ValueError(f"environment variable {name}={value} must be positive")
+    return value
+
+
+def _bytes(env: Mapping[str, str], name: str, default: int) -> int:
+    """A size in bytes: 34359738368 or a quantity such as 32Gi."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = memory_bytes(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not a size such as 32Gi") from None
+    if value <= 0:
+        raise ValueError(f"environment variable {name}={raw!r} must be positive")
+    return value
+
+
+def _quantity(env: Mapping[str, str], name: str) -> str:
+    raw = env.get(name, "").strip()
+    if raw:
+        _bytes(env, name, 0)
+    return raw
 
 
 BENCH_TARGETS = ("service", "pod")
@@ -72,6 +101,13 @@ class Settings:
     # The same init container converting a frozenGraph or keras model (bench image, TensorFlow loads the
     # whole model): its memory limit.
     convert_memory: str = "2Gi"
+    # The fetcher's hard limits (passed as its flags): the archive's bytes, the unpacked tree's bytes and the
+    # seconds for the whole fetch. The model emptyDir's sizeLimit (the kubelet evicts a pod past it) is
+    # model_volume_size_limit, or else both sizes (the archive and its tree coexist while unpacking) plus 1Gi.
+    fetch_max_download: int = 32 << 30
+    fetch_max_unpacked: int = 64 << 30
+    fetch_deadline_seconds: int = 3600
+    model_volume_size_limit: str = ""
     # The benchmark client's CPU (requests == limits); empty means whole CPUs, spec.benchmark.physicalCores.
     bench_cpu: str = ""
     # "service": the ModelServer's Service by DNS name; "pod": a ready server pod of the current revision
@@ -112,6 +148,10 @@ class Settings:
             fetch_cpu=_cpu(env, "PINSERVE_FETCH_CPU") or default.fetch_cpu,
             fetch_memory=env.get("PINSERVE_FETCH_MEMORY") or default.fetch_memory,
             convert_memory=env.get("PINSERVE_CONVERT_MEMORY") or default.convert_memory,
+            fetch_max_download=_bytes(env, "PINSERVE_FETCH_MAX_DOWNLOAD", default.fetch_max_download),
+            fetch_max_unpacked=_bytes(env, "PINSERVE_FETCH_MAX_UNPACKED", default.fetch_max_unpacked),
+            fetch_deadline_seconds=_positive(env, "PINSERVE_FETCH_DEADLINE_SECONDS", default.fetch_deadline_seconds),
+            model_volume_size_limit=_quantity(env, "PINSERVE_MODEL_VOLUME_SIZE_LIMIT"),
             bench_cpu=_cpu(env, "PINSERVE_BENCH_CPU"),
             bench_target=_choice(env, "PINSERVE_BENCH_TARGET", BENCH_TARGETS, default.bench_target),
             pod_uid=_nonroot(env, "PINSERVE_POD_UID", default.pod_uid),
