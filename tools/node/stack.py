@@ -78,6 +78,9 @@ class RealNodeStack:
         }
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
             yaml.safe_dump(values, handle)
+        # Helm installs crds/ only on a first install: a release from before a CRD was added (kopf's peering
+        # CRDs) would upgrade without it, and the operator would wait for it forever.
+        self.kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "charts/pinserve/crds"))
         log("stack: helm upgrade --install pinserve charts/pinserve")
         proc = subprocess.run(
             [str(self.kube.bin_dir / "helm"), "upgrade", "--install", RELEASE, str(REPO / "charts/pinserve"),
