@@ -70,6 +70,8 @@ def build_images() -> None:
 
 
 def install_chart() -> None:
+    # Helm installs crds/ only on a first install; an existing demo cluster would miss new CRDs (kopf peering).
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "charts/pinserve/crds"))
     say("helm install pinserve charts/pinserve")
     run(tool("helm"), "--kube-context", f"kind-{CLUSTER}", "upgrade", "--install", "pinserve",
         str(REPO / "charts/pinserve"), "--namespace", NAMESPACE, "--create-namespace", "--wait",
