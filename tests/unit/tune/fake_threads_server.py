@@ -4,7 +4,8 @@ Started by `pinserve tune` through the start script, like tensorflow_model_serve
 --port, --tensorflow_intra_op_parallelism, --tensorflow_inter_op_parallelism and --host (listed in --help, so
 `pinserve tune` passes --host=127.0.0.1); every other flag is accepted and ignored. It serves
 PredictionService.GetModelMetadata and Predict with canned responses (serialized by the test, so this process
-imports grpc only, not TensorFlow) and sleeps LATENCY_MS[(intra, inter)] (default DEFAULT_MS) per Predict.
+imports grpc only, not TensorFlow) and sleeps the latency the test's table gives its (intra, inter) per
+Predict, optionally with periodic spikes.
 Its argv goes to stderr first, so the test can see what the start script passed.
 """
 
@@ -40,10 +41,17 @@ def main(argv: list[str]) -> int:
     print("fake_threads_server argv: " + " ".join(argv), file=sys.stderr, flush=True)
     flags = _flags(argv)
     canned = Path(flags["canned"])
-    table: dict[str, float] = json.loads((canned / "latency.json").read_text())
+    table: dict[str, Any] = json.loads((canned / "latency.json").read_text())
     intra = flags.get("tensorflow_intra_op_parallelism", "?")
     inter = flags.get("tensorflow_inter_op_parallelism", "?")
-    delay_s = table.get(f"{intra},{inter}", table["default"]) / 1000.0
+    entry = table.get(f"{intra},{inter}", table["default"])
+    # A number (ms), or {"ms": base, "spikeMs": slow, "spikeEvery": n}: every n-th Predict takes spikeMs.
+    spec = entry if isinstance(entry, dict) else {"ms": entry}
+    delay_s = spec["ms"] / 1000.0
+    spike_s = spec.get("spikeMs", spec["ms"]) / 1000.0
+    every = int(spec.get("spikeEvery", 0))
+    count = [0]
+    lock = threading.Lock()
     metadata = (canned / "metadata.bin").read_bytes()
     predict = (canned / "predict.bin").read_bytes()
 
@@ -51,7 +59,10 @@ def main(argv: list[str]) -> int:
         return metadata
 
     def do_predict(request: bytes, context: Any) -> bytes:
-        time.sleep(delay_s)
+        with lock:
+            count[0] += 1
+            spike = every > 0 and count[0] % every == 0
+        time.sleep(spike_s if spike else delay_s)
         return predict
 
     handler = grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
