@@ -85,3 +85,36 @@ def test_settings_from_the_environment() -> None:
     assert (chart.peering, chart.peering_priority, chart.metrics_host, chart.metrics_port) == (
         "pinserve", None, "127.0.0.1", 9090)
     assert Settings.from_env({"PINSERVE_PEERING_PRIORITY": "-7"}).peering_priority == -7
+
+
+class FakeApi:
+    def __init__(self, existing: bool, post_status: int = 201) -> None:
+        self.existing = existing
+        self.post_status = post_status
+        self.calls: list[tuple[str, str]] = []
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        self.calls.append(("GET", f"{kind}/{namespace}/{name}"))
+        return {"metadata": {"name": name}} if self.existing else None
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        from pinserve.kube import ApiError  # noqa: PLC0415
+
+        self.calls.append((method, path))
+        if self.post_status == 409:
+            raise ApiError(409, "AlreadyExists", "exists")
+        return dict(kwargs["body"])
+
+
+@pytest.mark.parametrize(("existing", "post_status", "posts"), [(True, 201, 0), (False, 201, 1), (False, 409, 1)])
+def test_ensure_creates_the_peering_object_only_when_missing(existing: bool, post_status: int, posts: int) -> None:
+    api = FakeApi(existing, post_status)
+    follower = Follower(api=api, name="pinserve", identity="a", priority=1)  # type: ignore[arg-type]
+    asyncio.run(follower.ensure())
+    assert [m for m, _ in api.calls].count("POST") == posts
+    namespaced = FakeApi(False)
+    follower = Follower(api=namespaced, name="pinserve", identity="a", priority=1,  # type: ignore[arg-type]
+                        clusterwide=False, namespaces=("ml", "serving"))
+    asyncio.run(follower.ensure())
+    assert [p for m, p in namespaced.calls if m == "POST"] == [
+        "/apis/kopf.dev/v1/namespaces/ml/kopfpeerings", "/apis/kopf.dev/v1/namespaces/serving/kopfpeerings"]

@@ -123,6 +123,8 @@ class Follower:
             body = {"apiVersion": "kopf.dev/v1", "kind": kind,
                     "metadata": {"name": self.name, **({"namespace": namespace} if namespace else {}),
                                  "labels": {"app.kubernetes.io/part-of": "pinserve"}}}
+            if await self.api.get(kind, namespace, self.name) is not None:
+                continue  # the usual case: a replica that waits writes nothing at all
             try:
                 await self.api.request("POST", resource_path(kind, namespace), body=body)
                 log.info("created %s %s%s for leader election", kind, f"{namespace}/" if namespace else "", self.name)
