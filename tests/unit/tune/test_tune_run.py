@@ -19,6 +19,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 
+from pinserve.topology.cpuset import format_cpulist, parse_cpulist
 from pinserve.tuning_report import main as report_main
 
 pytestmark = pytest.mark.unit
@@ -68,11 +69,11 @@ def _canned(tmp: Path, latency: dict[str, Any] | None = None) -> Path:
     return canned
 
 
-def _tune(*argv: str) -> dict[str, Any]:
+def _tune(*argv: str, code: int = 0) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-m", "pinserve", "tune", *argv], capture_output=True, text=True,
                           cwd=REPO, timeout=280, check=False,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
-    assert done.returncode == 0, f"exit {done.returncode}\nstderr:\n{done.stderr[-4000:]}\nstdout:\n{done.stdout}"
+    assert done.returncode == code, f"exit {done.returncode}\nstderr:\n{done.stderr[-4000:]}\nstdout:\n{done.stdout}"
     out: dict[str, Any] = json.loads(done.stdout)
     return out
 
@@ -170,3 +171,18 @@ def test_tune_with_the_standin_completes(tmp_path: Path) -> None:
     assert out["trials"][1]["batching"] is True  # the throughput objective's nearest neighbour
     assert all(t["status"] in ("ok", "stoppedEarly") for t in out["trials"]), json.dumps(out, indent=2)
     print(json.dumps(out, indent=2))  # the figures, for the record (pytest -s)
+
+
+def test_a_server_that_dies_fails_its_trials_with_the_reason(tmp_path: Path) -> None:
+    binary = tmp_path / "broken-server"
+    binary.write_text("#!/bin/sh\necho 'broken-server: cannot load the model' >&2\nexit 3\n")
+    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    out = _tune("--server-binary", str(binary), "--model", "m", "--model-base-path", str(tmp_path),
+                "--cpus", _two_cpus(), "--max-trials", "2", "--host-flag", "no", code=1)
+    assert [t["status"] for t in out["trials"]] == ["failed", "failed"]
+    assert all("exited with code 3" in t["reason"] and "cannot load the model" in t["reason"] for t in out["trials"])
+    assert out["best"] is None and out["gainPercent"] is None and out["notes"]
+    for trial in out["trials"]:  # the log tail shows the start script's line: the candidate's threads, pinned
+        assert f"TENSORFLOW_INTRA_OP_PARALLELISM={trial['intraOp']} " in trial["reason"], trial["reason"]
+        assert f"TENSORFLOW_INTER_OP_PARALLELISM={trial['interOp']} " in trial["reason"]
+        assert f"pinserve: cpus={format_cpulist(parse_cpulist(_two_cpus()))} " in trial["reason"]
