@@ -31,6 +31,12 @@ PEERING_CRD = REPO / "crds" / "kopf-peering.yaml"
 HANDOVER_TIMEOUT = 120  # the peering lifetime (60 s) bounds a killed leader's handover; a stopped one is at once
 
 
+# The child asks for SIGTERM when pytest goes away (PR_SET_PDEATHSIG, kept across exec), then becomes
+# `pinserve run`: no operator outlives a killed test run to reconcile the cluster of the next one.
+DIE_WITH_PARENT = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
+                   "os.execv(sys.executable, [sys.executable, '-m', 'pinserve', *sys.argv[1:]])")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -98,7 +104,7 @@ class Setup:
                "PINSERVE_RESYNC_SECONDS": "2", "PINSERVE_NAMESPACES": ""}
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "pinserve", "run", f"--liveness=http://127.0.0.1:{free_port()}/healthz"],
+                [sys.executable, "-c", DIE_WITH_PARENT, "run", f"--liveness=http://127.0.0.1:{free_port()}/healthz"],
                 env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
         replica = Replica(name, proc, port, log)
         eventually(f"{name}'s metrics endpoint", lambda: proc.poll() is None and replica.metrics() is not None,
