@@ -272,7 +272,7 @@ PLAIN_SNAPSHOT = "8em64t-2s2ca2c"  # 1 thread per core
 
 
 def test_node_churn_rolls_nothing_until_the_class_is_gone(cluster: Any, operator: Any, namespace: str) -> None:
-    pool = namespace[-6:]
+    pool = f"p{namespace[-6:]}"  # a letter first: a hex suffix such as 474e73 is a number to the YAML parser
     smt, plain = f"kwok-sticky-smt-{pool}", [f"kwok-sticky-plain-{pool}-{i}" for i in range(2)]
     cluster.add_fake_node(smt, SMT_SNAPSHOT, labels={"pool": pool})
     try:
