@@ -75,8 +75,8 @@ def install_chart() -> None:
     say("helm install pinserve charts/pinserve")
     run(tool("helm"), "--kube-context", f"kind-{CLUSTER}", "upgrade", "--install", "pinserve",
         str(REPO / "charts/pinserve"), "--namespace", NAMESPACE, "--create-namespace", "--wait",
-        "--set", "image.repository=pinserve/operator", "--set", f"image.tag={VERSION}",
-        "--set", "image.pullPolicy=IfNotPresent",
+        "--set", "operator.image.repository=pinserve/operator", "--set", f"operator.image.tag={VERSION}",
+        "--set", "operator.image.pullPolicy=IfNotPresent",
         "--set", "bench.image.repository=pinserve/bench", "--set", f"bench.image.tag={VERSION}",
         "--set", f"server.image={SERVER_IMAGE}")
 
