@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -90,3 +91,15 @@ def start_line(backend: Backend, pod: str) -> dict[str, str]:
     log = backend.kubectl("logs", "-n", backend.namespace, pod, "-c", "server")
     line = next(row for row in log.splitlines() if row.startswith("pinserve:"))
     return dict(kv.split("=", 1) for kv in line.removeprefix("pinserve:").split() if "=" in kv)
+
+
+def free_the_pinnable_cpu(backend: Backend) -> None:
+    """The real node has one CPU to pin: the demo gives it up (test_serving.py deletes it last; run alone,
+    this test does it). The kubelet frees a deleted pod's CPUs within its reconcile period."""
+    backend.kubectl("delete", "-n", backend.namespace, "modelserver/demo", "--ignore-not-found", "--wait=true")
+    if backend.name != "realnode":
+        return
+    state_file = backend.stack.node.layout.cpu_manager_state  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and json.loads(state_file.read_text()).get("entries"):
+        time.sleep(1)

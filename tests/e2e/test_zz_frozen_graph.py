@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from e2e_support import Backend, modelserver
+from e2e_support import Backend, free_the_pinnable_cpu, modelserver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
@@ -79,6 +79,7 @@ def _model_server_pod(backend: Backend, archive: bytes) -> str:
 def test_a_frozen_graph_is_converted_served_on_exclusive_cores_and_benchmarked(backend: Backend) -> None:
     archive, x, want = _frozen_graph_archive()
     ns = backend.namespace
+    free_the_pinnable_cpu(backend)
     try:
         ip = _model_server_pod(backend, archive)
         _apply(backend, {

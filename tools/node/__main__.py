@@ -76,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{image.ref}\t{image.archive}")
     except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if args.command in ("up", "demo"):
+            print("what was started is still running: `python -m tools.node down` (or `make demo-down`) stops it "
+                  "and gives the host back", file=sys.stderr)
         return 1
     return 0
 

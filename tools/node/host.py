@@ -11,15 +11,22 @@ deleted, iptables rules and chains that appeared removed. It never touches what 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shlex
 import shutil
+import signal
 import subprocess
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tools.cluster import log
 
-SYSCTLS = ("vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops", "net.ipv4.ip_forward",
+# The kubelet's setupKernelTunables, and what the CNI bridge turns on.
+SYSCTLS = ("vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops",
+           "kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes", "net.ipv4.ip_forward",
            "net.bridge.bridge-nf-call-iptables")
 HOST_PATHS = ("/var/log/containers", "/var/log/pods", "/var/lib/kubelet", "/var/lib/cni", "/run/containerd",
               "/run/netns", "/var/run/netns", "/etc/cni", "/opt/cni")
@@ -79,7 +86,7 @@ def iptables_undo(before: str, after: str) -> list[list[str]]:
         old_chains, old_rules = old.get(table, (set(), []))
         for rule in reversed(rules):
             if rule not in old_rules:
-                commands.append(["-t", table, "-D", *rule[3:].split()])
+                commands.append(["-t", table, "-D", *shlex.split(rule[3:])])
         for chain in sorted(chains - old_chains):
             commands.append(["-t", table, "-F", chain])
             commands.append(["-t", table, "-X", chain])
@@ -138,9 +145,13 @@ class HostLedger:
         if not record.bridge_existed and Path(f"/sys/class/net/{self.bridge}").exists():
             subprocess.run(["ip", "link", "delete", self.bridge], check=False, capture_output=True)
             done.append(f"bridge {self.bridge} deleted")
+        left: list[str] = []
         for cgroup in cgroup_dirs():
             if cgroup.exists() and str(cgroup) not in record.existing_cgroups:
-                done.extend(_remove_cgroup_tree(cgroup))
+                _kill_cgroup_tree(cgroup)  # container processes of this node, outliving their shims
+                removed = _remove_cgroup_tree(cgroup)
+                done.extend(removed)
+                left.extend(line for line in removed if "not removable" in line)
         for binary, before in record.iptables.items():
             after = iptables_dump(binary)
             if before is None or after is None:
@@ -160,7 +171,10 @@ class HostLedger:
             done.append(f"removed {path}")
         for line in done:
             log(f"host: {line}")
-        self.path.unlink()
+        if left:
+            log("host: the record stays in place; run down again once what is left has exited")
+        else:
+            self.path.unlink()
         return done
 
 
@@ -177,6 +191,19 @@ def _mounts_below(path: Path) -> list[str]:
 def _unmount_below(path: Path) -> None:
     for point in _mounts_below(path):
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
+def _kill_cgroup_tree(root: Path) -> None:
+    """SIGKILL every process left in a cgroup tree this node created (only its containers live there)."""
+    for procs in root.rglob("cgroup.procs"):
+        try:
+            pids = [int(line) for line in procs.read_text().split()]
+        except (OSError, ValueError):
+            continue
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
 
 
 def _remove_cgroup_tree(root: Path) -> list[str]:

@@ -39,7 +39,9 @@ SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-pip", "python3-venv", "ca-certificates")
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 #: What the Dockerfile's ``wheels`` stage copies: a change here rebuilds operator and bench.
-DOCKERFILE_INPUTS = ("Dockerfile", "pyproject.toml", "README.md", "operator/src")
+DOCKERFILE_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "operator")
+#: The build recipes themselves: a change to how an image is made rebuilds it.
+RECIPE = Path(__file__)
 STANDIN_DIR = REPO_ROOT / "tools" / "standin"
 PAUSE_SOURCE = Path(__file__).with_name("pause.go")
 
@@ -49,6 +51,10 @@ class Image:
     name: str
     ref: str  # localhost/pinserve/<name>:<hash>
     archive: Path  # docker-archive holding ref
+
+
+def _recipe() -> str:
+    return hashlib.sha256(RECIPE.read_bytes()).hexdigest()
 
 
 def images_dir() -> Path:
@@ -223,7 +229,7 @@ class ImageBuilder:
                     entry.unlink()
 
     def dockerfile_target(self, target: str, base: Image) -> Image:
-        tag = content_hash([REPO_ROOT / p for p in DOCKERFILE_INPUTS], target, base.ref)
+        tag = content_hash([REPO_ROOT / p for p in DOCKERFILE_INPUTS], target, base.ref, _recipe())
         image, cached = self._cached(target, tag)
         if cached:
             return image
@@ -235,7 +241,7 @@ class ImageBuilder:
         return image
 
     def standin(self, bench: Image) -> Image:
-        tag = content_hash([STANDIN_DIR], bench.ref)
+        tag = content_hash([STANDIN_DIR], bench.ref, _recipe())
         image, cached = self._cached("tfserving-standin", tag)
         if cached:
             return image
@@ -260,7 +266,7 @@ class ImageBuilder:
         return image
 
     def pause(self) -> Image:
-        tag = content_hash([PAUSE_SOURCE])
+        tag = content_hash([PAUSE_SOURCE], _recipe())
         image, cached = self._cached("pause", tag)
         if cached:
             return image
@@ -277,7 +283,8 @@ class ImageBuilder:
         busybox = Path("/bin/busybox")
         if not busybox.is_file():
             raise ClusterError("busybox-static is not installed (apt-get install busybox-static)")
-        tag = content_hash([model_dir], name, hashlib.sha256(busybox.read_bytes()).hexdigest(), root=model_dir)
+        tag = content_hash([model_dir], name, hashlib.sha256(busybox.read_bytes()).hexdigest(), _recipe(),
+                           root=model_dir)
         image, cached = self._cached(f"model-{name}", tag)
         if cached:
             return image

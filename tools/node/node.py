@@ -11,6 +11,7 @@ containerd, stops containerd, unmounts what is below the state directory and res
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -18,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,9 @@ from tools.kubeutil import Kube, ProcessRecord, free_ports, node_ready, proc_sta
 from tools.node import config
 from tools.node.host import HostLedger, mounts_below
 from tools.node.images import Image, ImageBuilder, build_node_images
+
+#: Held while a real node starts or stops: one real node per host, whatever its state directory.
+HOST_LOCK = Path("/run/lock/pinserve-realnode.lock")
 
 #: Debian package -> a file it installs that we need.
 PACKAGES = {
@@ -106,10 +111,51 @@ class LocalNode:
 
     # -- up -----------------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _host_lock(self) -> Iterator[None]:
+        """One real node per host: up and down of any state directory take this lock."""
+        HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        with open(HOST_LOCK, "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ClusterError(f"another real node is starting or stopping on this host ({HOST_LOCK})") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def foreign_node(self) -> str | None:
+        """Why another kubelet (not this node's) seems to own the host, or None."""
+        if self.ledger.load() is not None:
+            return None  # ours, from this state directory
+        taken = [str(p) for p in (Path("/sys/class/net") / config.BRIDGE, Path("/sys/fs/cgroup/cpu/kubepods"),
+                                  Path("/sys/fs/cgroup/kubepods"), Path("/sys/fs/cgroup/kubepods.slice"))
+                 if p.exists()]
+        if taken:
+            return (f"{', '.join(taken)} exist{'s' if len(taken) == 1 else ''} but this node did not create "
+                    "them: another kubelet (or a real node from another state directory) runs here")
+        return None
+
     def up(self, *, timeout: float = 240) -> dict[str, Image]:
         reason = unsupported_reason()
         if reason:
             raise ClusterError(reason)
+        with self._host_lock():
+            return self._up(timeout)
+
+    def _token_current(self) -> bool:
+        """The running kubelet holds this control plane's node token (a restarted control plane has new ones)."""
+        ours = self.cluster.state_dir / "kubeconfigs" / "node.kubeconfig"
+        try:
+            return self.layout.kubelet_kubeconfig.read_text() == ours.read_text()
+        except OSError:
+            return False
+
+    def _up(self, timeout: float) -> dict[str, Image]:
+        foreign = self.foreign_node()
+        if foreign:
+            raise ClusterError(foreign)
         install_packages()
         state = self.cluster.load_state()
         if state is None:
@@ -120,6 +166,9 @@ class LocalNode:
         started = time.monotonic()
         self.images = build_node_images(ImageBuilder())
         log(f"node: images ready in {time.monotonic() - started:.0f}s")
+        if self.running() and not self._token_current():
+            log("node: the control plane was restarted since the kubelet started; restarting the node")
+            self._down(grace=30)
         if self.running():
             log("node: containerd and the kubelet are running; reusing them")
             self._import_images()
@@ -137,7 +186,7 @@ class LocalNode:
             self._wait_ready(timeout)
         except BaseException:
             log("node: start failed; tearing down what was started")
-            self.down()
+            self._down()
             raise
         log(f"node: {REAL_NODE_NAME} Ready in {time.monotonic() - started:.0f}s")
         return self.images
@@ -193,7 +242,8 @@ class LocalNode:
         current = {image.ref for image in self.images.values()}
         repositories = {ref.rsplit(":", 1)[0] for ref in current}
         for ref in present - current:  # older builds of our images: the node keeps one of each
-            if ref.rsplit(":", 1)[0] in repositories:
+            # ... except the sandbox image containerd was started with: it stays until the next start.
+            if ref.rsplit(":", 1)[0] in repositories and not ref.startswith("localhost/pinserve/pause:"):
                 self.ctr("images", "rm", ref, check=False)
         for image in self.images.values():
             if image.ref in present:
@@ -236,6 +286,10 @@ class LocalNode:
 
     def down(self, *, grace: float = 60) -> None:
         """Stop everything the node started and give the host back as it was. Safe to call twice."""
+        with self._host_lock():
+            self._down(grace=grace)
+
+    def _down(self, *, grace: float = 60) -> None:
         procs = self.processes()
         kubelet_alive = any(p.name == "kubelet" and p.alive() for p in procs)
         if kubelet_alive and self.cluster.healthy():

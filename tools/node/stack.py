@@ -136,6 +136,12 @@ class RealNodeStack:
         return self.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False)
 
     def down(self) -> None:
+        """Uninstall first (so the kubelet tears the pods down through CNI, and nothing recreates them),
+        then the node, then the control plane."""
+        if self.cluster.healthy():
+            self.kube.kubectl("delete", "modelservers", "--all", "-A", "--wait=false", check=False)
+            subprocess.run([str(self.kube.bin_dir / "helm"), "uninstall", RELEASE, "--namespace", NAMESPACE,
+                            "--wait", "--timeout", "120s"], env=self.kube.env(), capture_output=True, check=False)
         self.node.down()
         self.cluster.down()
 
