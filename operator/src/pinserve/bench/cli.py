@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
+from pinserve.argtypes import non_negative_int, positive_float, positive_int
 from pinserve.bench.errors import BenchError, ExitCode, RequestFailedError, UsageError, error_for_status
 from pinserve.bench.inputs import FILLS, BuiltInput, BuiltInputs, InputOptions, build_inputs
 from pinserve.bench.report import (
@@ -67,27 +68,6 @@ class Transport(Protocol):
     def classify(self, exc: BaseException) -> tuple[str, str] | None: ...
     def describe_response(self, raw: Any) -> dict[str, dict[str, Any]]: ...
     async def close(self) -> None: ...
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def _fraction(text: str) -> float:
@@ -151,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target.add_argument(
         "--deadline",
-        type=_positive_float,
+        type=positive_float,
         default=30.0,
         help="per-call deadline in seconds, metadata included (default: %(default)s)",
     )
@@ -167,33 +147,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mode", choices=MODES, default="both", help="default: %(default)s")
     run.add_argument(
         "--warmup",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=10,
         help="discarded requests before each measurement; throughput also warms every worker once "
         "(default: %(default)s)",
     )
     run.add_argument(
         "--requests",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         help="latency samples, batch 1; p90 needs >= 64, p99 >= 662 (default: %(default)s)",
     )
-    run.add_argument("--batch-size", type=_positive_int, default=8, help="throughput batch (default: %(default)s)")
+    run.add_argument("--batch-size", type=positive_int, default=8, help="throughput batch (default: %(default)s)")
     run.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         help="requests in flight during throughput (default: %(default)s)",
     )
     run.add_argument(
         "--duration",
-        type=_positive_float,
+        type=positive_float,
         default=20.0,
         help="throughput run length in seconds (default: %(default)s)",
     )
     run.add_argument(
         "--channels",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="gRPC channels (connections) the throughput workers share (default: %(default)s)",
     )
@@ -224,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument(
         "--default-dim",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="size of unknown non-batch dimensions without --shape (default: %(default)s)",
     )

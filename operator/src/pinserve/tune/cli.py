@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pinserve.argtypes import positive_float, positive_int
 from pinserve.topology.cpuset import format_cpulist, parse_cpulist
 from pinserve.tune import measure, server
 from pinserve.tuning import (
@@ -42,20 +43,6 @@ from pinserve.tuning import (
     needs_confirmation,
     result,
 )
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -103,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-cpus", type=_cpus, help="CPUs for the benchmark client (default: where pinserve runs)")
     p.add_argument("--objective", choices=[str(o) for o in Objective], default="latency",
                    help="latency: lowest batch-1 p99; throughput: most items/s at --batch-size (default: latency)")
-    p.add_argument("--p99-budget-ms", type=_positive_float, help="throughput: the throughput run's p99 must be "
+    p.add_argument("--p99-budget-ms", type=positive_float, help="throughput: the throughput run's p99 must be "
                    "within this")
-    p.add_argument("--max-trials", type=_positive_int, default=8, help="trials at most, baseline included "
+    p.add_argument("--max-trials", type=positive_int, default=8, help="trials at most, baseline included "
                    "(default: %(default)s)")
     p.add_argument("--intra-op", type=_int_list, help="intra-op candidates (default: auto)")
     p.add_argument("--inter-op", type=_int_list, help="inter-op candidates (default: auto: 1,2,4)")
@@ -113,19 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "for throughput, off for latency)")
     bench = p.add_argument_group("measurement (as the benchmark Job)")
     bench.add_argument("--signature", default="serving_default")
-    bench.add_argument("--batch-size", type=_positive_int, default=8, help="throughput batch (default: 8)")
-    bench.add_argument("--concurrency", type=_positive_int, default=4, help="(default: %(default)s)")
-    bench.add_argument("--requests", type=_positive_int, default=700, help="batch-1 latency requests; a p99 "
+    bench.add_argument("--batch-size", type=positive_int, default=8, help="throughput batch (default: 8)")
+    bench.add_argument("--concurrency", type=positive_int, default=4, help="(default: %(default)s)")
+    bench.add_argument("--requests", type=positive_int, default=700, help="batch-1 latency requests; a p99 "
                        "needs >= 662 (default: %(default)s)")
-    bench.add_argument("--duration", type=_positive_float, default=5.0, help="throughput seconds (default: 5)")
+    bench.add_argument("--duration", type=positive_float, default=5.0, help="throughput seconds (default: 5)")
     bench.add_argument("--warmup", type=int, default=10, help="(default: %(default)s)")
     bench.add_argument("--shape", type=_shape, action="append", default=[], metavar="NAME=D0,D1,...")
-    bench.add_argument("--probe-requests", type=_positive_int, default=30, help="latency probe (default: 30)")
-    bench.add_argument("--probe-seconds", type=_positive_float, default=1.0, help="throughput probe (default: 1)")
+    bench.add_argument("--probe-requests", type=positive_int, default=30, help="latency probe (default: 30)")
+    bench.add_argument("--probe-seconds", type=positive_float, default=1.0, help="throughput probe (default: 1)")
     p.add_argument("--no-confirm", dest="confirm", action="store_false", help="do not measure the baseline and "
                    "a different winner once more (the second figures give the winner and the gain)")
     srv = p.add_argument_group("server")
-    srv.add_argument("--start-timeout", type=_positive_float, default=180.0, help="seconds for the server to "
+    srv.add_argument("--start-timeout", type=positive_float, default=180.0, help="seconds for the server to "
                      "listen and load the model (default: %(default)s)")
     srv.add_argument("--host-flag", choices=("auto", "yes", "no"), default="auto", help="pass --host=127.0.0.1 "
                      "(auto: when the binary's --help lists --host, as the stand-in's does; TF Serving has no "
