@@ -33,3 +33,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     selected_integration = any(item.get_closest_marker("integration") for item in session.items)
     if in_ci and selected_integration and _outcomes["integration"]["passed"] == 0 and exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test belongs to a tier: `make test` selects by tier, so an unmarked test would never run."""
+    untiered = [item.nodeid for item in items if not any(item.get_closest_marker(tier) for tier in TIERS)]
+    if untiered:
+        raise pytest.UsageError(
+            f"{len(untiered)} test(s) carry no tier marker ({', '.join(TIERS)}), so `make test` would skip "
+            f"them: {', '.join(untiered[:5])}{' ...' if len(untiered) > 5 else ''}"
+        )

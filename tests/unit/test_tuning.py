@@ -26,6 +26,8 @@ from pinserve.tuning import (
     result,
 )
 
+pytestmark = pytest.mark.unit
+
 L, T = Objective.LATENCY, Objective.THROUGHPUT
 
 
