@@ -527,8 +527,8 @@ def test_hostile_zip_is_rejected(store: Store, tmp_path: Path, files: dict[str, 
 
 def test_links_inside_the_archive_survive(store: Store, tmp_path: Path) -> None:
     """A link from the SavedModel to elsewhere in the archive is copied, one inside it kept."""
-    files = {**saved_model("export/1"), "shared/vocab.txt": b"a\nb\n"}
-    extra = [link("export/1/assets/vocab.txt", "../../../shared/vocab.txt"),
+    files = {**saved_model("export/1"), "common/vocab.txt": b"a\nb\n"}
+    extra = [link("export/1/assets/vocab.txt", "../../../common/vocab.txt"),
              link("export/1/assets/labels-again.txt", "labels.txt")]
     uri = store.put("/links.tar.gz", tar_bytes(files, extra=extra))
     dest = tmp_path / "l" / "1"
