@@ -55,7 +55,7 @@ def test_conditions_not_updated_are_kept_and_order_is_canonical() -> None:
                               4, T1)
     assert [c["type"] for c in merged] == ["Ready", "Placed", "Benchmarked", "Custom"]
     assert merged[2] == existing[1]  # untouched, down to its old observedGeneration (none)
-    assert set(CONDITION_TYPES) == {"Ready", "Placed", "Pinned", "Benchmarked"}
+    assert set(CONDITION_TYPES) == {"Ready", "Placed", "Pinned", "Benchmarked", "Tuned"}
 
 
 def test_existing_condition_without_time_gets_one() -> None:

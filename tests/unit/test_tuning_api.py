@@ -1,5 +1,5 @@
-"""spec.tuning (pydantic and CRD agree; in-cluster tuning is refused, not silently skipped) and status.tuning
-(the CRD keeps every field `pinserve tune` prints)."""
+"""spec.tuning (pydantic and CRD agree) and status.tuning (the CRD keeps every field `pinserve tune` prints and
+every field of an in-cluster run)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def _schema() -> dict[str, Any]:
         ({}, None),
         ({"objective": "throughput", "p99BudgetMs": 50, "maxTrials": 4,
           "search": {"intraOp": [1, 2], "interOp": [1], "batching": [False, True]}}, None),
-        ({"enabled": True}, "not available in this version"),
+        ({"enabled": True, "beforeServing": True, "timeoutMinutes": 30}, None),
+        ({"timeoutMinutes": 0}, "timeoutMinutes"),
         ({"objective": "latency", "p99BudgetMs": 50}, "throughput only"),
         ({"maxTrials": 0}, "maxTrials"),
         ({"search": {"intraOp": []}}, "intraOp"),
@@ -41,7 +42,7 @@ def _schema() -> dict[str, Any]:
 def test_spec_tuning(tuning: dict[str, Any], error: str | None) -> None:
     if error is None:
         spec = api.parse_spec({**BASE, "tuning": tuning})
-        assert spec.tuning.enabled is False
+        assert spec.tuning.enabled is bool(tuning.get("enabled"))
         return
     with pytest.raises(api.InvalidSpecError, match=error) as info:
         api.parse_spec({**BASE, "tuning": tuning})
@@ -51,11 +52,10 @@ def test_spec_tuning(tuning: dict[str, Any], error: str | None) -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ({}, [True, True]),  # the CRD's default: the API server checks the rules against it
-        ({"enabled": False, "objective": "latency"}, [True, True]),
-        ({"enabled": True, "objective": "latency"}, [False, True]),
-        ({"enabled": False, "objective": "latency", "p99BudgetMs": 5.0}, [True, False]),
-        ({"enabled": False, "objective": "throughput", "p99BudgetMs": 5.0}, [True, True]),
+        ({}, [True]),  # the CRD's default: the API server checks the rules against it
+        ({"enabled": True, "objective": "latency"}, [True]),
+        ({"enabled": True, "objective": "latency", "p99BudgetMs": 5.0}, [False]),
+        ({"enabled": False, "objective": "throughput", "p99BudgetMs": 5.0}, [True]),
     ],
 )
 def test_spec_tuning_cel_rules(value: dict[str, Any], expected: list[bool]) -> None:
@@ -83,7 +83,11 @@ def test_status_tuning_keeps_the_tune_json() -> None:
         Trial(Candidate(1, 1), TrialStatus.OK, Measurement(0.5, 1.0, 120.0, 2.0), seconds=4.0),
         Trial(Candidate(2, 1), TrialStatus.FAILED, reason="crashed"),
     ]
-    out = result(Objective.LATENCY, trials) | {"tuningSeconds": 10.0}
+    out = result(Objective.LATENCY, trials, confirmation=trials[:2]) | {"tuningSeconds": 10.0}
+    # What an in-cluster run adds (pinserve.tuneflow).
+    out |= {"runKey": "0123456789abcdef", "generation": 3, "phase": "Completed", "startedAt": "2026-12-01T00:00:00Z",
+            "completedAt": "2026-12-01T00:05:00Z", "planned": 4, "applied": True, "summary": "best of 4",
+            "error": {"reason": "NoWinner", "message": "m"}}
     status = _schema()["properties"]["status"]["properties"]["tuning"]
     assert _kept(out, status) == out
 

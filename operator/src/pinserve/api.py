@@ -264,15 +264,16 @@ class Tuning(_Model):
     p99_budget_ms: float | None = Field(default=None, ge=0.01)
     max_trials: int = Field(default=8, ge=1, le=64)
     search: TuningSearch = Field(default_factory=TuningSearch)
+    # Hold the Deployment at 0 replicas while a tuning run is in progress, so the trials get the cores the
+    # server would hold (nodes without spare cores of the server's shape); serving stops during every run.
+    before_serving: bool = False
+    # The whole run (every trial, one at a time) is bounded: past this, Tuned=False TimedOut.
+    timeout_minutes: int = Field(default=60, ge=1, le=1440)
 
     @model_validator(mode="after")
     def _supported(self) -> Self:
         if self.p99_budget_ms is not None and self.objective != "throughput":
             raise ValueError("p99BudgetMs applies to objective throughput only")
-        if self.enabled:
-            # No trial pods yet (issue 13): refused rather than accepted and silently not done.
-            raise ValueError("enabled: tuning in the cluster is not available in this version; run `pinserve "
-                             "tune` on a node of this class and set spec.threading to the winner")
         return self
 
 

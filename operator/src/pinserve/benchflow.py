@@ -34,6 +34,7 @@ from typing import Any
 from pinserve.api import ModelServer
 from pinserve.render.common import bench_job_name
 from pinserve.render.job import LABEL_RUN_KEY, render_bench_job
+from pinserve.render.trial import ANNOTATION_TUNED
 from pinserve.settings import Settings
 from pinserve.status import Condition
 
@@ -66,21 +67,26 @@ class BenchDecision:
 
 
 def run_key(ms: ModelServer) -> str:
-    """Identifies one requested benchmark: the generation, plus the on-demand request if any."""
+    """Identifies one requested benchmark: the generation, plus the on-demand request and the applied tuning
+    winner (pinserve.tuneflow: a tuned Deployment is measured again) if any."""
     requested = ms.annotations.get(ANNOTATION_REQUESTED, "")
-    if not requested:
+    tuned = ms.annotations.get(ANNOTATION_TUNED, "")
+    if not requested and not tuned:
         return str(ms.ref.generation)
-    return f"{ms.ref.generation}-{hashlib.sha256(requested.encode()).hexdigest()[:6]}"
+    extra = requested if not tuned else f"{requested}|tuned={tuned}"
+    return f"{ms.ref.generation}-{hashlib.sha256(extra.encode()).hexdigest()[:6]}"
 
 
 def spec_key(ms: ModelServer) -> str:
     """What a benchmark measures: the spec without replicas and tuning, and the on-demand request if any."""
     spec = {k: v for k, v in ms.spec.to_wire().items() if k not in ("replicas", "tuning")}
     data = {"spec": spec, "requested": ms.annotations.get(ANNOTATION_REQUESTED, "")}
+    if ms.annotations.get(ANNOTATION_TUNED):
+        data["tuned"] = ms.annotations[ANNOTATION_TUNED]
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def _job_state(job: Mapping[str, Any]) -> str:
+def job_state(job: Mapping[str, Any]) -> str:
     status = job.get("status") or {}
     for cond in status.get("conditions") or []:
         if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
@@ -226,7 +232,7 @@ def _cleanup(jobs: Sequence[Mapping[str, Any]], keep: int, current: str) -> list
     def created(job: Mapping[str, Any]) -> str:
         return str((job.get("metadata") or {}).get("creationTimestamp") or "")
 
-    finished = [j for j in jobs if _job_state(j) != "Running" and
+    finished = [j for j in jobs if job_state(j) != "Running" and
                 ((j.get("metadata") or {}).get("labels") or {}).get(LABEL_RUN_KEY) != current]
     finished.sort(key=created, reverse=True)
     return [("Job", j["metadata"]["name"]) for j in finished[max(keep - 1, 0):]]
@@ -255,10 +261,12 @@ def evaluate(
     pods: Sequence[Mapping[str, Any]] = (),
     server_pods: Sequence[Mapping[str, Any]] = (),
     threads_per_core: int = 1,
+    hold: str | None = None,
 ) -> BenchDecision:
     """What to do about the benchmark of this run; ``now`` (RFC 3339) bounds the waits.
 
-    ``threads_per_core`` is the placement's: the client's whole cores are CPUs in that multiple."""
+    ``threads_per_core`` is the placement's: the client's whole cores are CPUs in that multiple; ``hold`` (why)
+    keeps a new benchmark from starting, e.g. while a tuning run is in progress."""
     bench = ms.spec.benchmark
     if not bench.enabled:
         return BenchDecision(Condition("Benchmarked", "False", "Disabled", "spec.benchmark.enabled is false"))
@@ -272,6 +280,9 @@ def evaluate(
                       _headline(current) if done else str(current.get("error", {}).get("message", ""))),
             delete=cleanup,
         )
+    if hold:
+        # A tuning run is in progress (pinserve.tuneflow): measure what it settles on, and not beside a trial.
+        return BenchDecision(Condition("Benchmarked", "Unknown", "WaitingForTuning", hold), delete=cleanup)
     if ms.spec.replicas == 0:
         # Nothing serves behind the Service: a Job would only fail and use up the retries.
         return BenchDecision(Condition("Benchmarked", "Unknown", "ScaledToZero",
@@ -289,7 +300,7 @@ def evaluate(
     target_host: str | None = None
     if settings.bench_target == "pod":
         target_host = target_pod_ip(server_pods)
-        if target_host is None and (not mine or _job_state(mine[-1]) != "Running"):
+        if target_host is None and (not mine or job_state(mine[-1]) != "Running"):
             return BenchDecision(Condition("Benchmarked", "Unknown", "WaitingForServerPod",
                                            "the benchmark targets a ready server pod by IP; none has one yet"),
                                  delete=cleanup)
@@ -300,7 +311,7 @@ def evaluate(
                              apply=[job], delete=cleanup)
     last = mine[-1]
     name = str(last["metadata"]["name"])
-    state = _job_state(last)
+    state = job_state(last)
     moment = parse_time(now)
     job_pods = _pods_of(pods, name)
     base = {"generation": ms.ref.generation, "runKey": key, "specKey": spec_key(ms), "jobName": name,

@@ -1,4 +1,4 @@
-"""`pinserve run | topology | render | bench | agent | fetch-model | tune | tune-report`."""
+"""`pinserve run | topology | render | bench | agent | fetch-model | tune | tune-trial | tune-report`."""
 
 from __future__ import annotations
 
@@ -143,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("tune", help="find the fastest thread and batching settings on bare metal: start a server "
                    "binary per candidate on the given CPUs and benchmark it (see `pinserve tune --help`)",
                    add_help=False)
+    sub.add_parser("tune-trial", help="the measuring container of an in-cluster tuning trial pod (the operator "
+                   "runs it; see `pinserve tune-trial --help`)", add_help=False)
     sub.add_parser("tune-report", help="print tuning trials (`pinserve tune` JSON or a ModelServer's "
                    "status.tuning) as a table, best first", add_help=False)
     return parser
@@ -156,6 +158,8 @@ def _delegate(command: str, rest: list[str]) -> int:
         from pinserve.fetch import main as delegate  # noqa: PLC0415
     elif command == "tune":
         from pinserve.tune.cli import main as delegate  # noqa: PLC0415
+    elif command == "tune-trial":
+        from pinserve.tune.trial import main as delegate  # noqa: PLC0415
     elif command == "tune-report":
         from pinserve.tuning_report import main as delegate  # noqa: PLC0415
     else:
@@ -163,7 +167,7 @@ def _delegate(command: str, rest: list[str]) -> int:
     return delegate(rest)
 
 
-_DELEGATED = ("bench", "fetch-model", "agent", "tune", "tune-report")
+_DELEGATED = ("bench", "fetch-model", "agent", "tune", "tune-trial", "tune-report")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -303,9 +303,9 @@ def observed_for(
         if kind == "Job":
             jobs.append(obj)
         by_kind[(kind, name)] = obj
-    server: list[Mapping[str, Any]] = []
-    bench: list[Mapping[str, Any]] = []
+    split: dict[str, list[Mapping[str, Any]]] = {"benchmark": [], "tuning": [], "server": []}
     for pod in pods:
         component = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_COMPONENT)
-        (bench if component == "benchmark" else server).append(pod)
-    return Observed(children=by_kind, pods=server, jobs=jobs, bench_pods=bench)
+        split.get(str(component), split["server"]).append(pod)
+    return Observed(children=by_kind, pods=split["server"], jobs=jobs, bench_pods=split["benchmark"],
+                    trial_pods=split["tuning"])

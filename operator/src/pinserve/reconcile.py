@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pinserve import benchflow
+from pinserve import benchflow, tuneflow
 from pinserve.api import InvalidSpecError, ModelServer, parse_modelserver
 from pinserve.drift import in_sync, stamped
 from pinserve.nodeclass import PlacementRecord
@@ -21,6 +21,7 @@ from pinserve.redact import redact_text
 from pinserve.render import render_children
 from pinserve.render.common import selector_string
 from pinserve.render.service import endpoints
+from pinserve.render.trial import tuning_config_map_name
 from pinserve.settings import Settings
 from pinserve.status import Condition, desired_status
 
@@ -33,6 +34,7 @@ class Observed:
     pods: Sequence[Mapping[str, Any]] = ()
     jobs: Sequence[Mapping[str, Any]] = ()
     bench_pods: Sequence[Mapping[str, Any]] = ()
+    trial_pods: Sequence[Mapping[str, Any]] = ()  # tuning trials (pinserve.tuneflow)
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ def _deployment_ready(ms: ModelServer, deployment: Mapping[str, Any] | None, rol
 _TERMINAL = frozenset({"Failed", "Succeeded"})
 # Progress states are not news: no Event for them. AdmissionRejected has one Event per cause instead.
 _PROGRESS = frozenset({"Deploying", "RollingOut", "PodsNotReady", "WaitingForReady", "Running", "NoReadyPods",
-                       "AdmissionRejected"})
+                       "AdmissionRejected", "Tuning", "WaitingForTuning"})
 
 
 def _transitions(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[EventSpec]:
@@ -123,8 +125,8 @@ def _transitions(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, An
         # Unknown is a waiting state, and a measured benchmark has its own headline Event.
         if cond["status"] == "Unknown" or cond["reason"] in _PROGRESS:
             continue
-        if cond["type"] == "Benchmarked" and cond["status"] == "True":
-            continue
+        if cond["type"] in ("Benchmarked", "Tuned") and cond["status"] == "True":
+            continue  # BenchmarkCompleted and TuningCompleted say it with the figures
         normal = cond["status"] == "True" or cond["reason"] == "Disabled"
         kind = "Normal" if normal else "Warning"
         events.append(EventSpec(kind, cond["reason"], f"{cond['type']}={cond['status']}: {cond['message']}"))
@@ -189,10 +191,21 @@ def reconcile(
         outcome.events.extend(rejection_events)
         return outcome
 
-    desired = [stamped(obj) for obj in render_children(ms, placement, settings)]
+    tune = tuneflow.evaluate(
+        ms, placement, current=current.get("tuning"), pods=observed.trial_pods,
+        config_map_present=("ConfigMap", tuning_config_map_name(ms)) in observed.children,
+        bench_running=any(benchflow.job_state(j) == "Running" for j in observed.jobs), settings=settings, now=now,
+    )
+    served = tune.served  # the tuning winner applied, when there is one to apply
+    if tune.holding:
+        served = served.model_copy(update={"spec": served.spec.model_copy(update={"replicas": 0})})
+    desired = [stamped(obj) for obj in [*render_children(served, placement, settings), *tune.apply]]
     stale = out_of_sync(desired, observed)
     rolling = any(obj["kind"] == "Deployment" for obj in stale)
-    ready = _deployment_ready(ms, deployment, rolling, observed.pods, rejected)
+    ready = _deployment_ready(served, deployment, rolling, observed.pods, rejected)
+    if tune.holding and tune.condition is not None:
+        ready = Condition("Ready", "False", "Tuning", "the server starts once the tuning run ends "
+                          f"(spec.tuning.beforeServing): {tune.condition.message}")
     fields.update(placement=placement.to_status(), endpoints=endpoints(ms))
     planned = (f"{placement.physical_cores} physical cores = {placement.cpu_request} CPUs per replica on nodes "
                f"with {placement.threads_per_core} thread(s) per core; "
@@ -208,16 +221,22 @@ def reconcile(
         pinned_condition(pods, by_name, placement.cpu_request),
     ]
     bench = benchflow.evaluate(
-        ms, ready, jobs=observed.jobs, current=current.get("benchmark"), settings=settings, now=now,
+        served, ready, jobs=observed.jobs, current=current.get("benchmark"), settings=settings, now=now,
         pods=observed.bench_pods, server_pods=observed.pods, threads_per_core=placement.threads_per_core,
+        hold="the benchmark measures the settings the tuning run settles on" if tune.running else None,
     )
     conditions.append(bench.condition)
     if bench.status is not None:
         fields["benchmark"] = bench.status
+    if tune.condition is not None:
+        conditions.append(tune.condition)
+    if tune.status is not None:
+        fields["tuning"] = tune.status
     stale.extend(bench.apply)
-    outcome = finish(conditions, fields, apply=stale, delete=[*bench.delete, *rejected_pods(ready)],
-                     modelserver=ms, placement=placement, requeue_after=bench.recheck_after)
+    waits = [w for w in (bench.recheck_after, tune.recheck_after) if w is not None]
+    outcome = finish(conditions, fields, apply=stale, delete=[*bench.delete, *tune.delete, *rejected_pods(ready)],
+                     modelserver=ms, placement=placement, requeue_after=min(waits, default=None))
     outcome.events.extend(replanned)
     outcome.events.extend(rejection_events)
-    outcome.events.extend(EventSpec(e.type, e.reason, e.message) for e in bench.events)
+    outcome.events.extend(EventSpec(e.type, e.reason, e.message) for e in [*bench.events, *tune.events])
     return outcome

@@ -88,6 +88,8 @@ class Settings:
     # report (termination message) that has not arrived, e.g. because its pod was deleted.
     bench_unschedulable_seconds: int = 300
     bench_report_grace_seconds: int = 60
+    # One tuning trial pod (model load, probe, full measurement) is bounded by this (activeDeadlineSeconds).
+    tune_trial_seconds: int = 900
     # Without the node agent we cannot see SMT; one thread per core is the assumption
     # that never asks the kubelet for half a core.
     assumed_threads_per_core: int = 1
@@ -142,6 +144,7 @@ class Settings:
                                              default.bench_unschedulable_seconds),
             bench_report_grace_seconds=_int(env, "PINSERVE_BENCH_REPORT_GRACE_SECONDS",
                                             default.bench_report_grace_seconds),
+            tune_trial_seconds=_int(env, "PINSERVE_TUNE_TRIAL_SECONDS", default.tune_trial_seconds),
             assumed_threads_per_core=_int(
                 env, "PINSERVE_ASSUMED_THREADS_PER_CORE", default.assumed_threads_per_core
             ),

@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 
 from pinserve.redact import redact_text
 
-CONDITION_TYPES = ("Ready", "Placed", "Pinned", "Benchmarked")
+CONDITION_TYPES = ("Ready", "Placed", "Pinned", "Benchmarked", "Tuned")
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 

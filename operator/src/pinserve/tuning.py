@@ -156,6 +156,14 @@ class Trial:
         return out
 
 
+def trial_from_dict(d: Mapping[str, Any]) -> Trial:
+    """A trial as :meth:`Trial.as_dict` wrote it (``pinserve tune`` JSON, status.tuning); KeyError/ValueError if
+    it is not one."""
+    m = Measurement(d.get("p50Ms"), d.get("p99Ms"), d.get("itemsPerSecond"), d.get("throughputP99Ms"))
+    cand = Candidate(int(d["intraOp"]), int(d["interOp"]), bool(d.get("batching", False)))
+    return Trial(cand, TrialStatus(d.get("status", "ok")), m, d.get("reason"), d.get("seconds"))
+
+
 def score(objective: Objective, m: Measurement) -> float | None:
     """Higher is better; ``None`` when the measurement lacks the objective's figure."""
     if objective is Objective.LATENCY:

@@ -12,15 +12,12 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from pinserve.tuning import Candidate, Measurement, Objective, Trial, TrialStatus, ranked
+from pinserve.tuning import Objective, TrialStatus, ranked, trial_from_dict
 
 _COLUMNS = ("RANK", "INTRA", "INTER", "BATCHING", "P50(MS)", "P99(MS)", "ITEMS/S", "STATUS", "NOTE")
 
 
-def _trial(d: Mapping[str, Any]) -> Trial:
-    m = Measurement(d.get("p50Ms"), d.get("p99Ms"), d.get("itemsPerSecond"), d.get("throughputP99Ms"))
-    cand = Candidate(int(d["intraOp"]), int(d["interOp"]), bool(d.get("batching", False)))
-    return Trial(cand, TrialStatus(d.get("status", "ok")), m, d.get("reason"), d.get("seconds"))
+_trial = trial_from_dict
 
 
 def _cell(value: Any) -> str:
