@@ -179,9 +179,10 @@ OPERATOR_RULES = {
     ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "create", "patch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "update"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update", "delete"},  # the trials' ConfigMap
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "pods"): {"get", "list", "watch", "delete"},  # admission-rejected server pods beyond the newest few
+    # Tuning trial pods; deletes also of admission-rejected server pods beyond the newest few.
+    ("", "pods"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "nodes"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},

@@ -21,7 +21,7 @@ from pinserve.redact import redact_text
 from pinserve.render import render_children
 from pinserve.render.common import selector_string
 from pinserve.render.service import endpoints
-from pinserve.render.trial import tuning_config_map_name
+from pinserve.render.trial import placement_for, tuning_config_map_name
 from pinserve.settings import Settings
 from pinserve.status import Condition, desired_status
 
@@ -197,6 +197,8 @@ def reconcile(
         bench_running=any(benchflow.job_state(j) == "Running" for j in observed.jobs), settings=settings, now=now,
     )
     served = tune.served  # the tuning winner applied, when there is one to apply
+    if served is not ms:
+        placement = placement_for(served, placement)
     if tune.holding:
         served = served.model_copy(update={"spec": served.spec.model_copy(update={"replicas": 0})})
     desired = [stamped(obj) for obj in [*render_children(served, placement, settings), *tune.apply]]

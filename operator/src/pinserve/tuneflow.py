@@ -137,7 +137,7 @@ class _PodState:
     progress: str = ""
 
 
-def judge_pod(pod: Mapping[str, Any], candidate: Candidate, objective: Objective, budget: float | None,
+def judge_pod(pod: Mapping[str, Any], candidate: Candidate, objective: Objective, budget: float | None, *,
               settings: Settings, now: str) -> _PodState:
     """Where a trial pod stands; a finished trial once it has one."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
@@ -299,7 +299,7 @@ def evaluate(ms: ModelServer, placement: Placement, *, current: Mapping[str, Any
 
     if mine:
         pod = mine[0]
-        seen = judge_pod(pod, candidate, objective, t.p99_budget_ms, settings, now)
+        seen = judge_pod(pod, candidate, objective, t.p99_budget_ms, settings=settings, now=now)
         if seen.no_capacity is not None:
             return finish("NoCapacity", f"{seen.no_capacity}; a trial needs {placement.cpu_request} exclusive "
                                         "CPUs on a node of the server's class beside the serving pods (set "

@@ -5,11 +5,12 @@ container measuring it over the pod's loopback exactly as the benchmark Job does
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from typing import Any
 
 from pinserve.api import Batching, ModelServer
-from pinserve.planning import Placement
+from pinserve.planning import Placement, plan_threads
 from pinserve.render.common import GRPC_PORT, REST_PORT, metadata
 from pinserve.render.configmap import config_data
 from pinserve.render.deployment import CONFIG_VOLUME, render_deployment
@@ -35,6 +36,12 @@ def with_candidate(ms: ModelServer, candidate: Candidate) -> ModelServer:
     batching = (spec.server.batching or Batching()) if candidate.batching else None
     server = spec.server.model_copy(update={"batching": batching})
     return ms.model_copy(update={"spec": spec.model_copy(update={"threading": threading, "server": server})})
+
+
+def placement_for(ms: ModelServer, placement: Placement) -> Placement:
+    """The placement with the threads planned for ``ms`` (a candidate's, or the applied winner's)."""
+    threads, _ = plan_threads(ms.spec, placement.threads_per_core)
+    return dataclasses.replace(placement, threads=threads)
 
 
 def tuning_config_map_name(ms: ModelServer) -> str:
@@ -77,7 +84,7 @@ def trial_args(ms: ModelServer, settings: Settings, objective: Objective, best: 
 def render_trial_pod(ms: ModelServer, placement: Placement, settings: Settings, candidate: Candidate, *,
                      run_key: str, index: int, objective: Objective, best: Trial | None) -> dict[str, Any]:
     trial = with_candidate(ms, candidate)
-    template = render_deployment(trial, placement, settings)["spec"]["template"]
+    template = render_deployment(trial, placement_for(trial, placement), settings)["spec"]["template"]
     pod: dict[str, Any] = copy.deepcopy(template["spec"])
     pod["restartPolicy"] = "Never"
     pod["activeDeadlineSeconds"] = settings.tune_trial_seconds

@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pinserve tune-trial: the probe failed ({exc}); measuring in full", file=sys.stderr)
         else:
             why = early_stop(objective, probe, best)
+            print(f"pinserve tune-trial: probe p50 {probe.p50_ms} ms, {probe.items_per_second} items/s: "
+                  + (f"stopping ({why})" if why else "measuring in full"), file=sys.stderr, flush=True)
             if why is not None:
                 report = {"stoppedEarly": why, "probe": {"p50Ms": probe.p50_ms, "p99Ms": probe.p99_ms,
                                                          "itemsPerSecond": probe.items_per_second}}
