@@ -80,7 +80,7 @@ def test_tuning_finds_confirms_and_applies_the_known_best(cluster: Any, operator
     assert tuned["status"] == "True" and tuned["reason"] == "Tuned", tuned
     tuning = ms["status"]["tuning"]
     assert (tuning["best"]["intraOp"], tuning["best"]["interOp"]) == (1, 1)
-    assert [(t["intraOp"], t["interOp"]) for t in tuning["trials"]][0] == (2, 2)  # Intel's rule first
+    assert (tuning["trials"][0]["intraOp"], tuning["trials"][0]["interOp"]) == (2, 2)  # Intel's rule first
     assert len(tuning["trials"]) == 4 and len(tuning["confirmation"]) == 2
     assert tuning["gainPercent"] == 50.0 and tuning["applied"] is True
     assert played[0] == (2, 2) and len(played) == 6 and most_at_once == 1
