@@ -56,7 +56,7 @@ def _realnode() -> Iterator[RealNodeBackend]:
         if not already:
             stack.down()
         raise
-    backend = RealNodeBackend(stack=stack, started_here=not already)
+    backend = RealNodeBackend(stack=stack, started_here=not already, extra={"model": model})
     yield backend
     if not already:
         stack.down()

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "modelservers.pinserve.io.yaml"
 EXAMPLES = ROOT / "manifests" / "examples"
-EXPECTED = {"rfcn", "mask-rcnn", "unet-3d", "deeplabv3", "demo"}
+EXPECTED = {"rfcn", "mask-rcnn", "unet-3d", "deeplabv3", "demo", "demo-tuned"}
 
 Schema = dict[str, Any]
 

@@ -285,3 +285,14 @@ def test_disabled_cleans_up_and_says_so_only_after_a_run(make_ms: Callable[..., 
     after = tuneflow.evaluate(ms, place(ms), current={"phase": "Completed"}, pods=[], config_map_present=False,
                               bench_running=False, settings=SETTINGS, now=stamp(0))
     assert after.condition is not None and after.condition.reason == "Disabled"
+
+
+def test_candidates_never_exceed_the_cpus_of_a_replica(make_ms: Callable[..., dict[str, Any]], place: Any) -> None:
+    ms = ms_with(make_ms, {"search": {"intraOp": [4, 8, 16], "interOp": [2, 64]}})
+    cands = tuneflow.plan_candidates(ms, place(ms))  # 4 cores x 2 threads = 8 CPUs
+    assert {c.intra_op for c in cands} == {4, 8} and {c.inter_op for c in cands} == {2}
+    too_big = ms_with(make_ms, {"search": {"intraOp": [9, 16]}})
+    d = tuneflow.evaluate(too_big, place(too_big), current=None, pods=[], config_map_present=False,
+                          bench_running=False, settings=SETTINGS, now=stamp(0))
+    assert d.condition is not None and (d.condition.status, d.condition.reason) == ("False", "InvalidSearch")
+    assert "search.intraOp" in d.condition.message and not d.apply

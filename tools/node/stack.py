@@ -106,8 +106,12 @@ class RealNodeStack:
         self.node.import_image(image)
         return image
 
-    def demo_modelserver(self, model: Image) -> dict[str, Any]:
-        """manifests/examples/demo.yaml with its model taken from an image instead of an HTTP server."""
+    def demo_modelserver(self, model: Image, *, tuned: bool = False, name: str = DEMO_NAME) -> dict[str, Any]:
+        """manifests/examples/demo.yaml with its model taken from an image instead of an HTTP server.
+
+        ``tuned``: with spec.tuning as manifests/examples/demo-tuned.yaml has it (the throughput objective: on the one
+        pinnable CPU the threads cannot vary, batching can), tuned before it serves (beforeServing: the trials
+        need the only CPU the server would hold)."""
         ms: dict[str, Any] = yaml.safe_load((REPO / "manifests/examples/demo.yaml").read_text())
         source = ms["spec"]["model"]
         source.pop("uri", None)
@@ -117,6 +121,10 @@ class RealNodeStack:
         ms["spec"]["resources"]["memory"] = "1Gi"
         # The server is the chart's default here (server.image: the stand-in), not the example's stock image.
         ms["spec"].get("server", {}).pop("image", None)
+        ms["metadata"]["name"] = name
+        if tuned:
+            example = yaml.safe_load((REPO / "manifests/examples/demo-tuned.yaml").read_text())
+            ms["spec"]["tuning"] = {**example["spec"]["tuning"], "beforeServing": True}
         return ms
 
     def apply(self, obj: dict[str, Any], namespace: str = DEMO_NAMESPACE) -> None:

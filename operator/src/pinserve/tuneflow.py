@@ -71,12 +71,20 @@ def threads_fixed(ms: ModelServer) -> bool:
 def plan_candidates(ms: ModelServer, placement: Placement) -> list[Candidate]:
     """The run's candidates, Intel's rule first; ValueError for a search space that has none."""
     t = ms.spec.tuning
-    space = search.SearchSpace(
-        tuple(t.search.intra_op) if t.search.intra_op else None,
-        tuple(t.search.inter_op) if t.search.inter_op else None,
-        tuple(t.search.batching) if t.search.batching else None,
-    )
     cores = search.Cores(placement.physical_cores, placement.threads_per_core)
+
+    def within(name: str, values: list[int] | None) -> tuple[int, ...] | None:
+        # The start script never gives a pool more threads than the replica's CPUs: a larger candidate would
+        # run as that many and be recorded as something it was not.
+        if not values:
+            return None
+        kept = tuple(v for v in values if v <= cores.cpus)
+        if not kept:
+            raise ValueError(f"spec.tuning.search.{name}: every value exceeds the {cores.cpus} CPUs of a replica")
+        return kept
+
+    space = search.SearchSpace(within("intraOp", t.search.intra_op), within("interOp", t.search.inter_op),
+                               tuple(t.search.batching) if t.search.batching else None)
     return search.candidates(cores, Objective(t.objective), space, t.max_trials)
 
 
