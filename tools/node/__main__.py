@@ -2,7 +2,7 @@
 control plane.
 
     python -m tools.node up        control plane (no simulated nodes) + containerd + kubelet + images
-    python -m tools.node demo      up, helm install, the demo ModelServer served and benchmarked
+    python -m tools.node demo      up, helm install, the demo ModelServer tuned, served and benchmarked
     python -m tools.node down      stop everything and give the host back as it was
     python -m tools.node status    what runs, as JSON
     python -m tools.node images    build (or reuse) the images only
@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pinserve.tuning_report import render_table
 from tools.cluster import ClusterError
 from tools.node.images import ImageBuilder, build_node_images
 from tools.node.node import unsupported_reason
@@ -32,12 +33,17 @@ def demo(stack: RealNodeStack) -> None:
     stack.up()
     stack.install_chart()
     model = stack.model_image()
-    print("== kubectl apply -f manifests/examples/demo.yaml (model from an image; server: the TF Serving stand-in)",
+    print("== kubectl apply -f manifests/examples/demo.yaml, with manifests/examples/demo-tuned.yaml's spec.tuning "
+          "(model from an image; server: the TF Serving stand-in; beforeServing: the node has one pinnable CPU)",
           flush=True)
-    stack.apply(stack.demo_modelserver(model))
+    stack.apply(stack.demo_modelserver(model, tuned=True))
+    stack.wait_for("Tuned", timeout=900)
     stack.wait_for("Ready")
     stack.wait_for("Benchmarked", timeout=900)
     print(stack.kubectl("get", "modelservers", "-A", "-o", "wide"), flush=True)
+    print(f"== kubectl get modelserver {DEMO_NAME} -o json | pinserve tune-report", flush=True)
+    print(render_table(json.loads(stack.kubectl("get", "-n", DEMO_NAMESPACE, f"modelserver/{DEMO_NAME}", "-o",
+                                                "json"))["status"]["tuning"]), flush=True)
     pods = json.loads(stack.kubectl("get", "pods", "-n", DEMO_NAMESPACE, "-l",
                                     f"pinserve.io/modelserver={DEMO_NAME},app.kubernetes.io/component=server",
                                     "-o", "json"))

@@ -49,7 +49,14 @@ def render_table(tuning: Mapping[str, Any]) -> str:
     if tuning.get("tuningSeconds") is not None:
         summary += f" in {tuning['tuningSeconds']:g} s"
     summary += "; gain over Intel's rule: " + ("unknown" if gain is None else f"{gain:+g}%")
-    notes = [f"note: {n}" for n in tuning.get("notes") or []]
+    confirmed = []
+    for d in tuning.get("confirmation") or []:
+        t = _trial(d)
+        m, c = t.measurement, t.candidate
+        confirmed.append(f"measured once more: intra {c.intra_op} / inter {c.inter_op} / batching "
+                         f"{'on' if c.batching else 'off'}: p50 {_cell(m.p50_ms)} ms, p99 {_cell(m.p99_ms)} ms, "
+                         f"{_cell(m.items_per_second)} items/s ({t.status})")
+    notes = [*confirmed, *(f"note: {n}" for n in tuning.get("notes") or [])]
     return "\n".join([summary, *lines, *notes]) + "\n"
 
 
