@@ -141,8 +141,7 @@ def test_delete_garbage_collects_children(cluster: Any, operator: Any, namespace
         ({"replicas": -1}, "replicas"),
         # spec.server.env is a map keyed by name (x-kubernetes-list-type: map): duplicates are refused.
         ({"server": {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}}, "Duplicate value"),
-        # In-cluster tuning has no trial pods yet: refused at apply, not accepted and silently skipped.
-        ({"tuning": {"enabled": True}}, "not available in this version"),
+        ({"tuning": {"enabled": True, "timeoutMinutes": 0}}, "timeoutMinutes"),
         ({"tuning": {"p99BudgetMs": 5}}, "throughput only"),
     ],
 )
