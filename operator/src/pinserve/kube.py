@@ -3,8 +3,8 @@
 Configuration, TLS and authentication are lightkube's (``lightkube.config``): the in-cluster service
 account (its token file is re-read when the server answers 401: kubelet rotates it), or a kubeconfig with
 certificates, a token or an exec plugin (re-run on 401: EKS and GKE tokens last minutes). The requests
-themselves are plain JSON over lightkube's httpx client, so every caller works with dicts and watch
-events arrive as the server sends them (BOOKMARK and ERROR included).
+themselves are plain JSON on aiohttp with lightkube's auth (pinserve.kubehttp), so every caller works with
+dicts and watch events arrive as the server sends them (BOOKMARK and ERROR included).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx2 as httpx
+import aiohttp
 from lightkube import ConfigError
-from lightkube.config import client_adapter
 from lightkube.config.kubeconfig import DEFAULT_KUBECONFIG, KubeConfig, SingleConfig
 from lightkube.config.models import Cluster, User
 from lightkube.types import PatchType
 
+from pinserve import kubehttp
 from pinserve.api import GROUP, PLURAL, VERSION
 from pinserve.render.common import MANAGER
 from pinserve.retry import TRANSPORT, RetryPolicy, next_wait, parse_retry_after, retryable
@@ -147,10 +147,6 @@ class Credentials:
         # A context without a user is anonymous (lightkube's client insists on one).
         return cls(single if single.user is not None else single._replace(user=User()))
 
-    def client(self, timeout: float) -> httpx.AsyncClient:
-        """An httpx client with the server, TLS and auth (token file, exec plugin, ...) lightkube derives."""
-        return client_adapter.AsyncClient(self.config, client_adapter.ConnectionParams(timeout=httpx.Timeout(timeout)))
-
 
 class KubeApi:
     """The operator's only door to the API server; counts requests by verb for the benchmarks."""
@@ -165,16 +161,10 @@ class KubeApi:
         self.sleep = sleep
         self.rand = rand
         self._timeout = timeout
-        self._client: httpx.AsyncClient | None = None
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None or self._client.is_closed:
-            self._client = self.credentials.client(self._timeout)
-        return self._client
+        self._http = kubehttp.Session(credentials.config, timeout)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        await self._http.close()
 
     async def request(
         self,
@@ -207,12 +197,13 @@ class KubeApi:
             headers["Content-Type"] = content_type
         self.requests[method] += 1
         with _transport_errors(method, path, self._timeout):
-            resp = await self._http().request(method, path, params=params, content=data, headers=headers)
-        if resp.status_code >= 400:
-            error = _error(resp.status_code, resp.text)
+            async with self._http.send(method, path, params=params, data=data, headers=headers) as resp:
+                text = await resp.text()
+        if resp.status >= 400:
+            error = _error(resp.status, text)
             error.retry_after = parse_retry_after(resp.headers.get("Retry-After"), dt.datetime.now(dt.UTC))
             raise error
-        return json.loads(resp.content) if resp.content else {}
+        return json.loads(text) if text else {}
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply as pinserve.io; force takes back fields edited by hand."""
@@ -282,20 +273,27 @@ class KubeApi:
             params["fieldSelector"] = field_selector
         if resource_version:
             params["resourceVersion"] = resource_version
-        # A read that stalls well past the server's own timeout is dead.
-        timeout = httpx.Timeout(self._timeout, read=timeout_seconds + 30)
+        # No total timeout on a stream; a read that stalls well past the server's own timeout is dead.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout, sock_read=timeout_seconds + 30)
         self.requests["WATCH"] += 1
         path = resource_path(kind, namespace)
         with _transport_errors("WATCH", path, self._timeout):
-            async with self._http().stream("GET", path, params=params, headers={"Accept": "application/json"},
-                                           timeout=timeout) as resp:
-                if resp.status_code >= 400:
-                    raise _error(resp.status_code, (await resp.aread()).decode(errors="replace"))
-                # Events are newline-delimited JSON of any size, the last one possibly unterminated.
-                async for line in resp.aiter_lines():
-                    if line.strip():
-                        event: dict[str, Any] = json.loads(line)
-                        yield event
+            async with self._http.send("GET", path, params=params, headers={"Accept": "application/json"},
+                                       timeout=timeout) as resp:
+                if resp.status >= 400:
+                    raise _error(resp.status, await resp.text())
+                buffer = b""
+                # Events are newline-delimited JSON of any size (readline() would cap a line at 64 KiB).
+                async for chunk in resp.content.iter_any():
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            event: dict[str, Any] = json.loads(line)
+                            yield event
+                if buffer.strip():
+                    last: dict[str, Any] = json.loads(buffer)
+                    yield last
 
 
 @contextlib.contextmanager
@@ -303,9 +301,9 @@ def _transport_errors(method: str, path: str, timeout: float) -> Iterator[None]:
     """No answer (a timeout, a broken connection, an exec plugin that failed) as ApiError(TRANSPORT)."""
     try:
         yield
-    except httpx.TimeoutException:
+    except TimeoutError:
         raise ApiError(TRANSPORT, "Timeout", f"{method} {path}: no answer within {timeout:g}s") from None
-    except httpx.TransportError as exc:  # refused, reset, closed mid-answer
+    except aiohttp.ClientError as exc:  # refused, reset, closed mid-answer
         raise ApiError(TRANSPORT, "ConnectionError", f"{method} {path}: {exc}") from None
     except ConfigError as exc:  # the exec plugin or the token file failed
         raise ApiError(TRANSPORT, "CredentialsError", f"{method} {path}: {exc}") from None
