@@ -30,6 +30,7 @@ class Session:
         user = config.user or User()
         self._ssl = client_adapter.verify_cluster(config.cluster, user, config.abs_file)
         self._auth = client_adapter.user_auth(user)
+        self._url = httpx.URL(self.server)  # parsed once: the auth flows see the request, not its URL
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
@@ -50,7 +51,7 @@ class Session:
         """The answer (status, headers, body unread); a 401 is sent again if the auth has a fresh credential."""
         session = self._get()
         url = self.server + path
-        flow: Flow | None = self._auth.async_auth_flow(httpx.Request(method, url)) if self._auth else None
+        flow: Flow | None = self._auth.async_auth_flow(httpx.Request(method, self._url)) if self._auth else None
         try:
             auth = _authorization(await anext(flow)) if flow is not None else {}
             while True:
