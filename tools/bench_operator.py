@@ -24,8 +24,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from pinserve.kube import Credentials, KubeApi
 from tools import cluster as cluster_tools
 from tools import fakenodes
@@ -57,18 +55,12 @@ def read_stats(path: Path) -> dict[str, Any]:
 
 
 async def watch_deployments(api: KubeApi, seen: dict[str, float], stop: asyncio.Event) -> None:
-    path = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=api.credentials.ssl_context))
-    headers = {"Authorization": api.credentials.authorization() or ""}
-    params = {"watch": "1", "labelSelector": "app.kubernetes.io/managed-by=pinserve", "timeoutSeconds": "3600"}
-    async with session, session.get(api.credentials.server + path, params=params, headers=headers,
-                                     timeout=aiohttp.ClientTimeout(total=None)) as resp:
-        async for line in resp.content:
-            if stop.is_set():
-                return
-            event = json.loads(line)
-            if event.get("type") == "ADDED":
-                seen.setdefault(event["object"]["metadata"]["name"], time.monotonic())
+    async for event in api.watch("Deployment", NAMESPACE, label_selector="app.kubernetes.io/managed-by=pinserve",
+                                 timeout_seconds=3600):
+        if stop.is_set():
+            return
+        if event.get("type") == "ADDED":
+            seen.setdefault(event["object"]["metadata"]["name"], time.monotonic())
 
 
 def modelserver(name: str) -> dict[str, Any]:

@@ -7,7 +7,6 @@ Ready=False ApiError (verb, object, answer) in the status written, an Event, and
 from __future__ import annotations
 
 import json
-import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,7 +83,7 @@ async def fake() -> AsyncIterator[tuple[Controller, FakeApiServer, list[float]]]
     async def record(seconds: float) -> None:
         waits.append(seconds)
 
-    api = KubeApi(Credentials(f"http://127.0.0.1:{port}", ssl.create_default_context(), "t"), sleep=record,
+    api = KubeApi(Credentials.for_server(f"http://127.0.0.1:{port}", "t"), sleep=record,
                   rand=lambda: 0.0)
     try:
         yield Controller(api=api, settings=Settings(resync_seconds=60)), server, waits

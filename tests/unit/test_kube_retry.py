@@ -10,7 +10,6 @@ import asyncio
 import datetime as dt
 import email.utils
 import socket
-import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,7 +119,7 @@ async def api() -> AsyncIterator[tuple[KubeApi, Server, list[float]]]:
     async def record(seconds: float) -> None:
         waits.append(seconds)
 
-    client = KubeApi(Credentials(f"http://127.0.0.1:{port}", ssl.create_default_context(), "t0ken"),
+    client = KubeApi(Credentials.for_server(f"http://127.0.0.1:{port}", "t0ken"),
                      timeout=0.5, sleep=record, rand=lambda: 0.0)
     try:
         yield client, server, waits
@@ -217,7 +216,7 @@ async def test_a_refused_connection() -> None:
     async def record(seconds: float) -> None:
         waits.append(seconds)
 
-    client = KubeApi(Credentials(f"http://127.0.0.1:{port}", ssl.create_default_context(), None),
+    client = KubeApi(Credentials.for_server(f"http://127.0.0.1:{port}"),
                      sleep=record, rand=lambda: 0.0)
     try:
         with pytest.raises(ApiError) as caught:

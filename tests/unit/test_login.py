@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pinserve.handlers.lifecycle import in_cluster_server
+from pinserve.kube import in_cluster_server
 
 pytestmark = pytest.mark.unit
 

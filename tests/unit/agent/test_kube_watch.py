@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -48,7 +47,7 @@ async def server() -> AsyncIterator[tuple[KubeApi, list[dict[str, str]]]]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    api = KubeApi(Credentials(f"http://127.0.0.1:{port}", ssl.create_default_context(), "t0ken"))
+    api = KubeApi(Credentials.for_server(f"http://127.0.0.1:{port}", "t0ken"))
     try:
         yield api, seen
     finally:

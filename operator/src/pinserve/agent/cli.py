@@ -143,7 +143,7 @@ def _dry_run(args: argparse.Namespace, node: str, topology: Topology) -> int:
 async def _run(config: AgentConfig, topology: Topology, once: bool) -> int:
     try:
         credentials = Credentials.from_environment()
-    except Exception as exc:  # the kubernetes package raises its own ConfigException and OSErrors
+    except Exception as exc:  # lightkube raises ConfigError (no file, no context), OSError, YAML errors
         print(f"pinserve agent: no API credentials (in-cluster service account or KUBECONFIG): {exc}",
               file=sys.stderr)
         return 1

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import kopf
 from aiohttp import web
 
-from pinserve import metrics
+from pinserve import kubelogin, metrics
 from pinserve.controller import Controller
 from pinserve.handlers import state
 from pinserve.kube import Credentials, KubeApi
@@ -28,27 +26,13 @@ _METRICS: web.AppRunner | None = None
 _FOLLOWER: asyncio.Task[None] | None = None
 
 
-def in_cluster_server(env: Mapping[str, str]) -> str | None:
-    """The API server as client-go finds it in a pod: KUBERNETES_SERVICE_HOST/PORT, not a DNS name.
-
-    kopf's service-account login hard-codes https://kubernetes.default.svc, which needs cluster DNS and
-    ignores a chart's apiServer override (pods on the host network, clusters without kube-proxy).
-    """
-    host = env.get("KUBERNETES_SERVICE_HOST", "").strip()
-    if not host:
-        return None
-    port = env.get("KUBERNETES_SERVICE_PORT", "").strip() or "443"
-    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
-
-
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """The same sources as kube.Credentials, read when called: in-cluster first, then $KUBECONFIG."""
-    info = kopf.login_with_service_account(**kwargs)
-    if info is not None:
-        server = in_cluster_server(os.environ)
-        return dataclasses.replace(info, server=server) if server else info
-    return kopf.login_with_kubeconfig(**kwargs)
+async def login(**_: Any) -> kopf.ConnectionInfo:
+    """The same configuration as pinserve's own client, read when called: in-cluster first, then $KUBECONFIG.
+
+    kopf calls this again on a 401 and when the returned expiration (an exec plugin's token) comes near.
+    """
+    return await kubelogin.connection_info(Credentials.from_environment().config)
 
 
 @kopf.on.startup()
