@@ -10,7 +10,7 @@ import pytest
 
 from pinserve import tuneflow
 from pinserve.api import parse_modelserver
-from pinserve.planning import node_info
+from pinserve.planning import node_info, plan
 from pinserve.reconcile import Observed, reconcile
 from pinserve.settings import Settings
 
@@ -59,8 +59,10 @@ def test_the_winner_reaches_the_deployment_and_is_benchmarked(body: dict[str, An
     ms = parse_modelserver(body)
     trial = {"intraOp": 2, "interOp": 2, "batching": False, "status": "ok", "p50Ms": 1.0, "p99Ms": 1.5}
     base = {"intraOp": 4, "interOp": 2, "batching": False, "status": "ok", "p50Ms": 2.0, "p99Ms": 3.0}
+    placement = plan(ms.spec, nodes, SETTINGS)
     body["status"] = {"tuning": {
-        "runKey": tuneflow.run_key(ms), "phase": "Completed", "applied": True, "best": trial, "baseline": base,
+        "runKey": tuneflow.run_key(ms, placement), "phase": "Completed", "applied": True, "best": trial,
+        "baseline": base, "serving": {**trial, "cpus": placement.cpu_request},
         "trials": [base, trial], "gainPercent": 50.0, "summary": "best of 2 trial(s)"}}
     out = reconcile(body, nodes, Observed(children={}), SETTINGS, NOW)
     env = server_env(out)
@@ -70,3 +72,13 @@ def test_the_winner_reaches_the_deployment_and_is_benchmarked(body: dict[str, An
     assert conditions(out)["Tuned"] == ("True", "Tuned")
     assert out.status["placement"]["threads"]["intraOp"] == 2
     assert not [o for o in out.apply if o["kind"] == "Pod"]
+
+
+def test_without_before_serving_trials_wait_for_the_rollout(body: dict[str, Any], nodes: list[Any]) -> None:
+    body["spec"]["tuning"]["beforeServing"] = False
+    out = reconcile(body, nodes, Observed(), SETTINGS, NOW)
+    assert [o["kind"] for o in out.apply].count("Pod") == 0
+    assert next(o for o in out.apply if o["kind"] == "Deployment")["spec"]["replicas"] == 1
+    cond = conditions(out)
+    assert cond["Tuned"] == ("Unknown", "Running") and cond["Benchmarked"] == ("Unknown", "WaitingForTuning")
+    assert "rolled out" in next(c for c in out.status["conditions"] if c["type"] == "Tuned")["message"]

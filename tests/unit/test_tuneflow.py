@@ -175,7 +175,7 @@ def test_clearly_worse_candidates_stop_after_the_probe(make_ms: Callable[..., di
     sim.run()
     assert sim.status is not None
     assert [t["status"] for t in sim.status["trials"]] == ["ok", "stoppedEarly"]
-    assert sim.status["applied"] is False and "Intel's rule stands" in sim.status["summary"]
+    assert sim.status["applied"] is False and "the spec already serves it" in sim.status["summary"]
 
 
 def test_fixed_threads_only_report(make_ms: Callable[..., dict[str, Any]], place: Any) -> None:
@@ -195,12 +195,13 @@ def test_trial_pods_are_the_servers_shape_and_never_serve(make_ms: Callable[...,
     pod = next(o for o in d.apply if o["kind"] == "Pod")
     labels = pod["metadata"]["labels"]
     assert labels["app.kubernetes.io/component"] == "tuning" and labels[LABEL_TRIAL] == "0"
-    assert labels[LABEL_RUN] == tuneflow.run_key(ms)
+    assert labels[LABEL_RUN] == tuneflow.run_key(ms, sim.placement)
+    assert labels["app.kubernetes.io/name"] == "pinserve-tuning-trial"  # no user selector of the server's
     spec = pod["spec"]
     server = spec["containers"][0]
     assert server["resources"]["limits"] == server["resources"]["requests"]
     assert server["resources"]["limits"]["cpu"] == "8"  # 4 cores x 2 threads: the server's own shape
-    assert spec["restartPolicy"] == "Never" and spec["activeDeadlineSeconds"] == 300
+    assert spec["restartPolicy"] == "Never" and spec["activeDeadlineSeconds"] > 300
     assert spec["affinity"]["nodeAffinity"]  # the node class the Deployment selects
     assert {v["configMap"]["name"] for v in spec["volumes"] if "configMap" in v} == {"rfcn-tuning"}
     args = trial_args(pod)
@@ -256,12 +257,12 @@ def test_runs_once_per_spec_and_again_on_request(make_ms: Callable[..., dict[str
     done = sim.status
     # More replicas: the same run key, no new trial.
     more = ms.model_copy(update={"spec": ms.spec.model_copy(update={"replicas": 3})})
-    assert tuneflow.run_key(more) == tuneflow.run_key(ms)
+    assert tuneflow.run_key(more, sim.placement) == tuneflow.run_key(ms, sim.placement)
     again = tuneflow.evaluate(more, sim.placement, current=done, pods=[], config_map_present=False,
                               bench_running=False, settings=SETTINGS, now=stamp(9999))
     assert not again.apply and again.status is None and again.condition is not None
     requested = ms_with(make_ms, tuning, annotations={tuneflow.ANNOTATION_REQUESTED: "2026-12-01"})
-    assert tuneflow.run_key(requested) != tuneflow.run_key(ms)
+    assert tuneflow.run_key(requested, sim.placement) != tuneflow.run_key(ms, sim.placement)
     fresh = tuneflow.evaluate(requested, sim.placement, current=done, pods=[], config_map_present=False,
                               bench_running=False, settings=SETTINGS, now=stamp(9999))
     assert [o["kind"] for o in fresh.apply] == ["ConfigMap", "Pod"] and fresh.status is not None
@@ -296,3 +297,131 @@ def test_candidates_never_exceed_the_cpus_of_a_replica(make_ms: Callable[..., di
                           bench_running=False, settings=SETTINGS, now=stamp(0))
     assert d.condition is not None and (d.condition.status, d.condition.reason) == ("False", "InvalidSearch")
     assert "search.intraOp" in d.condition.message and not d.apply
+
+
+def _done_run(make_ms: Callable[..., dict[str, Any]], place: Any, **kw: Any) -> tuple[Sim, ModelServer]:
+    ms = ms_with(make_ms, {"search": {"intraOp": [2, 4], "interOp": [2]}}, **kw)
+    sim = Sim(ms, place(ms), table(Candidate(2, 2)))
+    sim.run()
+    assert sim.status is not None and sim.status["applied"] is True
+    return sim, ms
+
+
+def _again(sim: Sim, ms: ModelServer, **kw: Any) -> tuneflow.TuneDecision:
+    return tuneflow.evaluate(ms, sim.placement, current=sim.status, pods=[], config_map_present=False,
+                             bench_running=False, settings=SETTINGS, now=stamp(sim.t), **kw)
+
+
+def test_threads_fixed_after_a_run_win_over_its_winner(make_ms: Callable[..., dict[str, Any]], place: Any) -> None:
+    sim, _ = _done_run(make_ms, place)
+    fixed = ms_with(make_ms, {"search": {"intraOp": [2, 4], "interOp": [2]}}, threading={"intraOp": 3, "interOp": 1})
+    d = _again(sim, fixed)
+    assert (d.served.spec.threading.intra_op, d.served.spec.threading.inter_op) == (3, 1)
+    assert d.condition is not None and "not applied: spec.threading fixes the threads" in d.condition.message
+
+
+def test_a_new_run_keeps_serving_the_last_winner(make_ms: Callable[..., dict[str, Any]], place: Any) -> None:
+    sim, _ = _done_run(make_ms, place)
+    requested = ms_with(make_ms, {"search": {"intraOp": [2, 4], "interOp": [2]}},
+                        annotations={tuneflow.ANNOTATION_REQUESTED: "again"})
+    d = _again(sim, requested)
+    assert d.running and [o["kind"] for o in d.apply] == ["ConfigMap", "Pod"]
+    assert d.served.spec.threading.intra_op == 2  # still the winner while the new run goes on
+    # ... and after it fails.
+    sim.ms, sim.status, sim.schedulable = requested, d.status, False
+    final = sim.run()
+    assert final.condition is not None and final.condition.reason == "NoCapacity"
+    assert final.served.spec.threading.intra_op == 2
+
+
+def test_an_unconfirmed_winner_is_not_applied(make_ms: Callable[..., dict[str, Any]], place: Any) -> None:
+    ms = ms_with(make_ms, {"search": {"intraOp": [2, 4], "interOp": [2]}})
+    runs: dict[Candidate, int] = {}
+
+    def crash_on_second_run(c: Candidate) -> bool:  # the winner's confirmation run crashes
+        return c == Candidate(2, 2) and runs.get(c, 0) > 1
+
+    sim = Sim(ms, place(ms), table(Candidate(2, 2)), server_crash=crash_on_second_run)
+    real_kubelet = sim.kubelet
+
+    def counting(now: str) -> None:
+        for pod in sim.pods.values():
+            if not pod["status"]:
+                runs[candidate_of(pod)] = runs.get(candidate_of(pod), 0) + 1
+        real_kubelet(now)
+
+    sim.kubelet = counting  # type: ignore[method-assign]
+    final = sim.run()
+    assert sim.status is not None and sim.status["applied"] is False
+    assert "confirmation run did not complete" in sim.status["summary"]
+    assert final.served.spec.threading.intra_op is None
+
+
+def test_thread_settings_passed_to_the_server_fail_the_run(make_ms: Callable[..., dict[str, Any]],
+                                                           place: Any) -> None:
+    body = make_ms(generation=2)
+    body["spec"]["tuning"] = {"enabled": True}
+    body["spec"]["server"] = {"env": [{"name": "TENSORFLOW_INTRA_OP_PARALLELISM", "value": "4"}]}
+    ms = parse_modelserver(body)
+    d = tuneflow.evaluate(ms, place(ms), current=None, pods=[], config_map_present=False, bench_running=False,
+                          settings=SETTINGS, now=stamp(0))
+    assert d.condition is not None and d.condition.reason == "InvalidSearch" and not d.apply
+    assert "TENSORFLOW_INTRA_OP_PARALLELISM" in d.condition.message
+
+
+def test_no_trial_beside_a_rollout(make_ms: Callable[..., dict[str, Any]], place: Any) -> None:
+    ms = ms_with(make_ms, {"search": {"intraOp": [2, 4], "interOp": [2]}})
+    d = tuneflow.evaluate(ms, place(ms), current=None, pods=[], config_map_present=False, bench_running=False,
+                          settings=SETTINGS, now=stamp(0), settled=False)
+    assert not d.apply and d.condition is not None and "rolled out" in d.condition.message
+    held = ms_with(make_ms, {"search": {"intraOp": [2, 4], "interOp": [2]}, "beforeServing": True})
+    d = tuneflow.evaluate(held, place(held), current=None, pods=[], config_map_present=False, bench_running=False,
+                          settings=SETTINGS, now=stamp(0), settled=False)
+    assert [o["kind"] for o in d.apply] == ["ConfigMap", "Pod"]
+
+
+def test_a_trial_is_recorded_before_its_pod_goes(make_ms: Callable[..., dict[str, Any]], place: Any) -> None:
+    ms = ms_with(make_ms, {"search": {"intraOp": [2, 4], "interOp": [2]}})
+    sim = Sim(ms, place(ms), table(Candidate(2, 2)))
+    sim.step()  # creates trial 0; the kubelet finishes it
+    name = sim.created[0]
+    recording = sim.step()
+    assert recording.status is not None and len(recording.status["trials"]) == 1
+    assert ("Pod", name) not in recording.delete  # still there should the status write be lost
+    lost = tuneflow.evaluate(ms, sim.placement, current=None, pods=list(sim.pods.values()), config_map_present=True,
+                             bench_running=False, settings=SETTINGS, now=stamp(sim.t))
+    assert lost.status is not None and len(lost.status["trials"]) == 1  # measured from the same pod again
+    following = sim.step()
+    assert ("Pod", name) in following.delete
+
+
+def test_the_trial_is_recorded_as_its_pod_ran(make_ms: Callable[..., dict[str, Any]], place: Any) -> None:
+    ms = ms_with(make_ms, {"search": {"intraOp": [2, 4], "interOp": [2]}})
+    sim = Sim(ms, place(ms), table(Candidate(2, 2)))
+    sim.step()
+    pod = sim.pods[sim.created[0]]
+    pod["metadata"]["annotations"]["pinserve.io/tuning-candidate"] = "intraOp=3 interOp=1 batching=off"
+    d = sim.step()
+    assert d.status is not None and (d.status["trials"][0]["intraOp"], d.status["trials"][0]["interOp"]) == (3, 1)
+
+
+@pytest.mark.parametrize(("status", "reason"), [
+    ({"phase": "Pending", "containerStatuses": [
+        {"name": "trial", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}}}]},
+     "the measuring container: ImagePullBackOff"),
+    ({"phase": "Failed", "reason": "DeadlineExceeded", "containerStatuses": [
+        {"name": "trial", "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]}, "TimedOut"),
+    ({"phase": "Failed", "initContainerStatuses": [
+        {"name": "fetch-model", "state": {"terminated": {"exitCode": 3, "message": "404 Not Found"}}}]},
+     "the model init container exited with code 3: 404 Not Found"),
+])
+def test_a_failed_trial_says_why(make_ms: Callable[..., dict[str, Any]], place: Any, status: dict[str, Any],
+                                 reason: str) -> None:
+    ms = ms_with(make_ms, {"search": {"intraOp": [2, 4], "interOp": [2]}})
+    sim = Sim(ms, place(ms), table(Candidate(2, 2)))
+    sim.kubelet = lambda now: None  # type: ignore[method-assign]
+    sim.step()
+    sim.pods[sim.created[0]]["status"] = status
+    d = sim.step()
+    assert d.status is not None and d.status["trials"][0]["status"] == "failed"
+    assert reason in d.status["trials"][0]["reason"]

@@ -87,6 +87,7 @@ def test_status_tuning_keeps_the_tune_json() -> None:
     # What an in-cluster run adds (pinserve.tuneflow).
     out |= {"runKey": "0123456789abcdef", "generation": 3, "phase": "Completed", "startedAt": "2026-12-01T00:00:00Z",
             "completedAt": "2026-12-01T00:05:00Z", "planned": 4, "applied": True, "summary": "best of 4",
+            "serving": {"intraOp": 1, "interOp": 1, "batching": False, "cpus": 2},
             "error": {"reason": "NoWinner", "message": "m"}}
     status = _schema()["properties"]["status"]["properties"]["tuning"]
     assert _kept(out, status) == out

@@ -280,8 +280,10 @@ def evaluate(
                       _headline(current) if done else str(current.get("error", {}).get("message", ""))),
             delete=cleanup,
         )
-    if hold:
+    started = any(((j.get("metadata") or {}).get("labels") or {}).get(LABEL_RUN_KEY) == key for j in jobs)
+    if hold and not started:
         # A tuning run is in progress (pinserve.tuneflow): measure what it settles on, and not beside a trial.
+        # A Job already started runs its course (its own bounds apply).
         return BenchDecision(Condition("Benchmarked", "Unknown", "WaitingForTuning", hold), delete=cleanup)
     if ms.spec.replicas == 0:
         # Nothing serves behind the Service: a Job would only fail and use up the retries.

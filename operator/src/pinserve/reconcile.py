@@ -87,6 +87,13 @@ def rollout_pending(deployment: Mapping[str, Any], want: int) -> tuple[str, str]
     return None
 
 
+def _settled(deployment: Mapping[str, Any]) -> bool:
+    """Rolled out and every replica ready (what a trial waits for before taking spare cores)."""
+    want = int((deployment.get("spec") or {}).get("replicas") or 0)
+    ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+    return rollout_pending(deployment, want) is None and ready >= want
+
+
 def _deployment_ready(ms: ModelServer, deployment: Mapping[str, Any] | None, rolling: bool,
                       raw_pods: Sequence[Mapping[str, Any]], rejected: Sequence[Mapping[str, Any]]) -> Condition:
     if deployment is None:
@@ -191,19 +198,26 @@ def reconcile(
         outcome.events.extend(rejection_events)
         return outcome
 
-    tune = tuneflow.evaluate(
-        ms, placement, current=current.get("tuning"), pods=observed.trial_pods,
-        config_map_present=("ConfigMap", tuning_config_map_name(ms)) in observed.children,
-        bench_running=any(benchflow.job_state(j) == "Running" for j in observed.jobs), settings=settings, now=now,
-    )
-    served = tune.served  # the tuning winner applied, when there is one to apply
+    def tune_with(settled: bool) -> tuneflow.TuneDecision:
+        return tuneflow.evaluate(
+            ms, placement, current=current.get("tuning"), pods=observed.trial_pods,
+            config_map_present=("ConfigMap", tuning_config_map_name(ms)) in observed.children,
+            bench_running=any(benchflow.job_state(j) == "Running" for j in observed.jobs), settings=settings,
+            now=now, settled=settled,
+        )
+
+    tune = tune_with(deployment is not None and _settled(deployment))
+    served = tune.served  # the tuned settings, when a run settled on some
     if served is not ms:
         placement = placement_for(served, placement)
     if tune.holding:
         served = served.model_copy(update={"spec": served.spec.model_copy(update={"replicas": 0})})
-    desired = [stamped(obj) for obj in [*render_children(served, placement, settings), *tune.apply]]
-    stale = out_of_sync(desired, observed)
+    children = [stamped(obj) for obj in render_children(served, placement, settings)]
+    stale = out_of_sync(children, observed)
     rolling = any(obj["kind"] == "Deployment" for obj in stale)
+    if rolling and tune.apply and not tune.holding:
+        tune = tune_with(False)  # the Deployment is about to roll: no trial beside its rollout
+    stale.extend(out_of_sync([stamped(obj) for obj in tune.apply], observed))
     ready = _deployment_ready(served, deployment, rolling, observed.pods, rejected)
     if tune.holding and tune.condition is not None:
         ready = Condition("Ready", "False", "Tuning", "the server starts once the tuning run ends "

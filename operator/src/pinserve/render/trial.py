@@ -26,6 +26,8 @@ LABEL_TRIAL = "pinserve.io/tuning-trial"
 # An internal marker on the served ModelServer (never written to the API): the applied winner, so that the
 # benchmark measures the tuned Deployment again (pinserve.benchflow.run_key).
 ANNOTATION_TUNED = "pinserve.io/tuned"
+# On a trial pod: the candidate it runs ("intraOp=2 interOp=1 batching=off"); the trial is recorded from it.
+ANNOTATION_CANDIDATE = "pinserve.io/tuning-candidate"
 
 
 def with_candidate(ms: ModelServer, candidate: Candidate) -> ModelServer:
@@ -39,9 +41,18 @@ def with_candidate(ms: ModelServer, candidate: Candidate) -> ModelServer:
 
 
 def placement_for(ms: ModelServer, placement: Placement) -> Placement:
-    """The placement with the threads planned for ``ms`` (a candidate's, or the applied winner's)."""
+    """The placement with the threads planned for ``ms`` (a candidate's, or the applied winner's); how they
+    are bounded on the chosen nodes stays the placement's."""
     threads, _ = plan_threads(ms.spec, placement.threads_per_core)
+    threads = dataclasses.replace(threads, bound=placement.threads.bound, capped=placement.threads.capped)
     return dataclasses.replace(placement, threads=threads)
+
+
+def trial_deadline(ms: ModelServer, settings: Settings) -> int:
+    """A trial pod's activeDeadlineSeconds: the model's load (settings.tune_trial_seconds, also the client's
+    wait for it), the probe and the full measurement (twice the throughput run, with slack for the latency
+    requests)."""
+    return settings.tune_trial_seconds + 2 * ms.spec.benchmark.throughput.duration_seconds + 300
 
 
 def tuning_config_map_name(ms: ModelServer) -> str:
@@ -87,7 +98,7 @@ def render_trial_pod(ms: ModelServer, placement: Placement, settings: Settings, 
     template = render_deployment(trial, placement_for(trial, placement), settings)["spec"]["template"]
     pod: dict[str, Any] = copy.deepcopy(template["spec"])
     pod["restartPolicy"] = "Never"
-    pod["activeDeadlineSeconds"] = settings.tune_trial_seconds
+    pod["activeDeadlineSeconds"] = trial_deadline(ms, settings)
     pod["terminationGracePeriodSeconds"] = 5
     for volume in pod["volumes"]:
         if volume["name"] == CONFIG_VOLUME:
@@ -109,8 +120,10 @@ def render_trial_pod(ms: ModelServer, placement: Placement, settings: Settings, 
     })
     restrict(pod, settings)
     meta = metadata(ms, trial_pod_name(ms, run_key, index), COMPONENT)
-    meta["labels"].update({LABEL_RUN: run_key[:63], LABEL_TRIAL: str(index)})
-    meta["annotations"] = {"pinserve.io/tuning-candidate": (
+    # Not "tensorflow-serving": a Service or monitor of the user's selecting that must not find a trial.
+    meta["labels"].update({"app.kubernetes.io/name": "pinserve-tuning-trial", LABEL_RUN: run_key[:63],
+                           LABEL_TRIAL: str(index)})
+    meta["annotations"] = {ANNOTATION_CANDIDATE: (
         f"intraOp={candidate.intra_op} interOp={candidate.inter_op} batching={'on' if candidate.batching else 'off'}")}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod}
 
