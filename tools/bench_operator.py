@@ -76,7 +76,6 @@ def modelserver(name: str) -> dict[str, Any]:
 async def create_all(api: KubeApi, count: int, rate: float, created: dict[str, float]) -> None:
     interval = 1.0 / rate
     start = time.monotonic()
-    path = f"/apis/pinserve.io/v1alpha1/namespaces/{NAMESPACE}/modelservers"
     tasks = []
     for i in range(count):
         name = f"ms-{i:05d}"
@@ -84,7 +83,7 @@ async def create_all(api: KubeApi, count: int, rate: float, created: dict[str, f
         if delay > 0:
             await asyncio.sleep(delay)
         created[name] = time.monotonic()
-        tasks.append(asyncio.create_task(api.request("POST", path, body=modelserver(name))))
+        tasks.append(asyncio.create_task(api.create(modelserver(name))))
     await asyncio.gather(*tasks)
 
 

@@ -225,3 +225,53 @@ async def test_a_refused_connection() -> None:
         await client.close()
     assert (caught.value.status, caught.value.reason, caught.value.attempts) == (TRANSPORT, "ConnectionError", 4)
     assert len(waits) == 3
+
+
+# -- what lightkube sends for each call --------------------------------------------------------------------------
+
+async def test_each_call_reaches_the_path_lightkube_builds(api: tuple[KubeApi, Server, list[float]]) -> None:
+    client, server, _ = api
+    sent: list[tuple[str, str, dict[str, str], str, str]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        sent.append((request.method, request.path, dict(request.query), request.content_type, await request.text()))
+        if request.method == "GET" and request.path.endswith("modelservers"):
+            return web.json_response({"kind": "ModelServerList", "metadata": {"resourceVersion": "9"},
+                                      "items": [{"metadata": {"name": "m"}}]})
+        return web.json_response({"kind": "X", "metadata": {"name": "x"}})
+
+    server.script = [answer]
+    await client.apply(CM)
+    assert await client.get("Node", None, "n1") == {"kind": "X", "metadata": {"name": "x"}}
+    assert await client.delete("Job", "ns", "j", propagation="Foreground") is True
+    await client.patch_status("ns", "m", {"status": {"ready": 1}}, resource_version="5")
+    listed = await client.list_object("ModelServer", label_selector="a=b")
+    await client.create({"apiVersion": "v1", "kind": "Event", "metadata": {"generateName": "m.", "namespace": "ns"}})
+    await client.create({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "p"}})
+    await client.merge_patch("Pod", "ns", "p", {"metadata": {"annotations": {"a": "b"}}})
+    assert listed == {"apiVersion": "pinserve.io/v1alpha1", "kind": "ModelServerList",
+                      "metadata": {"resourceVersion": "9"}, "items": [{"metadata": {"name": "m"}}]}
+    assert type(listed["items"][0]) is dict
+    manager = {"fieldManager": "pinserve.io"}
+    assert [(m, p, q, t) for m, p, q, t, _ in sent] == [
+        ("PATCH", "/api/v1/namespaces/ns/configmaps/x", {**manager, "force": "true"}, "application/apply-patch+yaml"),
+        ("GET", "/api/v1/nodes/n1", {}, "application/octet-stream"),
+        ("DELETE", "/apis/batch/v1/namespaces/ns/jobs/j", {"propagationPolicy": "Foreground"},
+         "application/octet-stream"),
+        ("PATCH", "/apis/pinserve.io/v1alpha1/namespaces/ns/modelservers/m/status", manager,
+         "application/merge-patch+json"),
+        ("GET", "/apis/pinserve.io/v1alpha1/modelservers", {"labelSelector": "a=b"}, "application/octet-stream"),
+        ("POST", "/api/v1/namespaces/ns/events", manager, "application/json"),
+        ("POST", "/apis/kopf.dev/v1/clusterkopfpeerings", manager, "application/json"),
+        ("PATCH", "/api/v1/namespaces/ns/pods/p", manager, "application/merge-patch+json"),
+    ]
+    assert sent[3][4] == '{"status":{"ready":1},"metadata":{"resourceVersion":"5"}}'
+    assert client.requests == {"PATCH": 3, "GET": 2, "DELETE": 1, "POST": 2}
+
+
+async def test_an_error_without_a_json_status(api: tuple[KubeApi, Server, list[float]]) -> None:
+    client, server, _ = api
+    server.script = [lambda _: web.Response(status=403, text="forbidden by the proxy", content_type="text/plain")]
+    with pytest.raises(ApiError) as caught:
+        await client.get("ConfigMap", "ns", "x")
+    assert (caught.value.status, caught.value.reason, caught.value.message) == (403, "403", "forbidden by the proxy")

@@ -97,13 +97,14 @@ class FakeApi:
         self.calls.append(("GET", f"{kind}/{namespace}/{name}"))
         return {"metadata": {"name": name}} if self.existing else None
 
-    async def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         from pinserve.kube import ApiError  # noqa: PLC0415
 
-        self.calls.append((method, path))
+        meta = obj["metadata"]
+        self.calls.append(("POST", f"{obj['apiVersion']}/{obj['kind']}/{meta.get('namespace')}/{meta['name']}"))
         if self.post_status == 409:
             raise ApiError(409, "AlreadyExists", "exists")
-        return dict(kwargs["body"])
+        return dict(obj)
 
 
 @pytest.mark.parametrize(("existing", "post_status", "posts"), [(True, 201, 0), (False, 201, 1), (False, 409, 1)])
@@ -117,4 +118,4 @@ def test_ensure_creates_the_peering_object_only_when_missing(existing: bool, pos
                         clusterwide=False, namespaces=("ml", "serving"))
     asyncio.run(follower.ensure())
     assert [p for m, p in namespaced.calls if m == "POST"] == [
-        "/apis/kopf.dev/v1/namespaces/ml/kopfpeerings", "/apis/kopf.dev/v1/namespaces/serving/kopfpeerings"]
+        "kopf.dev/v1/KopfPeering/ml/pinserve", "kopf.dev/v1/KopfPeering/serving/pinserve"]

@@ -272,7 +272,8 @@ class Controller:
         meta = body.get("metadata") or {}
         now = status_writer.now_rfc3339()
         try:
-            await self.api.request("POST", f"/api/v1/namespaces/{meta.get('namespace')}/events", body={
+            await self.api.create({
+                "apiVersion": "v1", "kind": "Event",
                 "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
                 "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta.get("name"),
                                    "namespace": meta.get("namespace"), "uid": meta.get("uid")},

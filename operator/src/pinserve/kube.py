@@ -1,10 +1,14 @@
 """API access: server-side apply with one field manager, reads, status and events, error mapping.
 
-Configuration, TLS and authentication are lightkube's (``lightkube.config``): the in-cluster service
-account (its token file is re-read when the server answers 401: kubelet rotates it), or a kubeconfig with
-certificates, a token or an exec plugin (re-run on 401: EKS and GKE tokens last minutes). The requests
-themselves are plain JSON on aiohttp with lightkube's auth (pinserve.kubehttp), so every caller works with
-dicts and watch events arrive as the server sends them (BOOKMARK and ERROR included).
+Everything goes through lightkube's ``AsyncClient``: its configuration, TLS and authentication (the
+in-cluster service account, whose token file is re-read when the server answers 401 as kubelet rotates it;
+or a kubeconfig with certificates, a token or an exec plugin, re-run on 401 as EKS and GKE tokens last
+minutes), its request building from the kinds of pinserve.kubekinds (paths, queries, bodies, the field
+manager), its httpx transport and its decoding. Each KubeApi call is one request per try, driven through
+the client's ``prepare_request``/``build_adapter_request``/``send``/``handle_response``, so that
+pinserve.retry's bounded retries, the request counter and the server's Retry-After stay pinserve's, and a
+watch is exactly one watch request whose events (BOOKMARK and 410 ERROR included) reach the caller as the
+server sends them. Bodies are plain dicts.
 """
 
 from __future__ import annotations
@@ -19,33 +23,18 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import aiohttp
+import httpx2 as httpx
+import lightkube
 from lightkube import ConfigError
 from lightkube.config.kubeconfig import DEFAULT_KUBECONFIG, KubeConfig, SingleConfig
 from lightkube.config.models import Cluster, User
+from lightkube.core.generic_client import ALL_NS, BasicRequest, GenericAsyncClient
 from lightkube.types import PatchType
 
-from pinserve import kubehttp
-from pinserve.api import GROUP, PLURAL, VERSION
+from pinserve import kubekinds
 from pinserve.render.common import MANAGER
 from pinserve.retry import TRANSPORT, RetryPolicy, next_wait, parse_retry_after, retryable
-
-# kind -> (api prefix, plural, namespaced)
-_RESOURCES: dict[str, tuple[str, str, bool]] = {
-    "ConfigMap": ("/api/v1", "configmaps", True),
-    "Service": ("/api/v1", "services", True),
-    "Pod": ("/api/v1", "pods", True),
-    "Event": ("/api/v1", "events", True),
-    "Node": ("/api/v1", "nodes", False),
-    "Deployment": ("/apis/apps/v1", "deployments", True),
-    "Job": ("/apis/batch/v1", "jobs", True),
-    "ModelServer": (f"/apis/{GROUP}/{VERSION}", PLURAL, True),
-    # kopf's peering objects (leader election between operator replicas: pinserve.peering).
-    "ClusterKopfPeering": ("/apis/kopf.dev/v1", "clusterkopfpeerings", False),
-    "KopfPeering": ("/apis/kopf.dev/v1", "kopfpeerings", True),
-}
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -70,22 +59,6 @@ class ApiError(Exception):
     def is_client_error(self) -> bool:
         """The request itself is wrong (retrying the same request cannot help)."""
         return 400 <= self.status < 500 and self.status not in (408, 409, 429)
-
-
-def resource_path(kind: str, namespace: str | None, name: str | None = None, sub: str = "") -> str:
-    try:
-        prefix, plural, namespaced = _RESOURCES[kind]
-    except KeyError:
-        raise ValueError(f"kube.py does not know the kind {kind!r}") from None
-    path = prefix
-    if namespaced and namespace:
-        path += f"/namespaces/{quote(namespace)}"
-    path += f"/{plural}"
-    if name:
-        path += f"/{quote(name)}"
-    if sub:
-        path += f"/{sub}"
-    return path
 
 
 def in_cluster_server(env: Mapping[str, str]) -> str | None:
@@ -148,8 +121,9 @@ class Credentials:
         return cls(single if single.user is not None else single._replace(user=User()))
 
 
+
 class KubeApi:
-    """The operator's only door to the API server; counts requests by verb for the benchmarks."""
+    """The operator's only door to the API server; counts requests (tries) by verb for the benchmarks."""
 
     def __init__(self, credentials: Credentials, *, timeout: float = 30.0, retry: RetryPolicy | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -161,10 +135,53 @@ class KubeApi:
         self.sleep = sleep
         self.rand = rand
         self._timeout = timeout
-        self._http = kubehttp.Session(credentials.config, timeout)
+        self._client: lightkube.AsyncClient | None = None
+
+    def _lightkube(self) -> GenericAsyncClient:
+        """The lightkube client (made on first use, in the running loop; again after ``close``)."""
+        if self._client is None:
+            self._client = lightkube.AsyncClient(self.credentials.config, field_manager=MANAGER,
+                                                 timeout=httpx.Timeout(self._timeout))
+        # AsyncClient's request engine: the public methods would send, decode and raise in one go, and its
+        # watch loops forever; pinserve needs each try on its own (see the module's docstring).
+        return self._client._client
 
     async def close(self) -> None:
-        await self._http.close()
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    async def _send(self, br: BasicRequest, verb: str | None = None) -> httpx.Response:
+        """One request (``br``, built by lightkube), retried as pinserve.retry says (bounded, jittered,
+        Retry-After honoured); an answer of 400 or more raises ApiError."""
+        verb = verb or br.method
+        retry = 0
+        while True:
+            client = self._lightkube()
+            self.requests[verb] += 1
+            try:
+                with _transport_errors(br.method, br.url, self._timeout):
+                    resp = await _transmit(client, client.build_adapter_request(br))
+                if resp.status_code >= 400:
+                    raise _error(resp)
+                return resp
+            except ApiError as exc:
+                exc.attempts = retry + 1
+                wait = next_wait(self.retry, retry, status=exc.status, retry_after=exc.retry_after,
+                                 rand=self.rand()) if retryable(br.method, exc.status) else None
+                if wait is None:
+                    raise
+            await self.sleep(wait)
+            retry += 1
+
+    async def _object(self, method: str, cls: kubekinds.Kind, namespace: str | None, name: str | None = None,
+                      *, obj: Any = None, params: dict[str, Any] | None = None,
+                      headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """A call that answers with one object, decoded by lightkube (a generic resource: a dict)."""
+        br = self._lightkube().prepare_request(method, res=cls, obj=obj, name=name, namespace=namespace,
+                                               params=params, headers=headers)
+        resp = await self._send(br)
+        return dict(self._lightkube().handle_response(method, resp, br))
 
     async def request(
         self,
@@ -175,46 +192,32 @@ class KubeApi:
         body: Any = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        """One API call, retried as pinserve.retry says (bounded, jittered, Retry-After honoured)."""
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        retry = 0
-        while True:
-            try:
-                return await self._request_once(method, path, params=params, data=data, content_type=content_type)
-            except ApiError as exc:
-                exc.attempts = retry + 1
-                wait = next_wait(self.retry, retry, status=exc.status, retry_after=exc.retry_after,
-                                 rand=self.rand()) if retryable(method, exc.status) else None
-                if wait is None:
-                    raise
-            await self.sleep(wait)
-            retry += 1
-
-    async def _request_once(self, method: str, path: str, *, params: Mapping[str, str] | None, data: bytes | None,
-                            content_type: str) -> dict[str, Any]:
-        headers = {"Accept": "application/json"}
-        if data is not None:
-            headers["Content-Type"] = content_type
-        self.requests[method] += 1
-        with _transport_errors(method, path, self._timeout):
-            async with self._http.send(method, path, params=params, data=data, headers=headers) as resp:
-                text = await resp.text()
-        if resp.status >= 400:
-            error = _error(resp.status, text)
-            error.retry_after = parse_retry_after(resp.headers.get("Retry-After"), dt.datetime.now(dt.UTC))
-            raise error
-        return json.loads(text) if text else {}
+        """A request to a path spelled by the caller (anything the typed methods do not cover), with the same
+        client, auth, retries and errors. The answer's JSON, ``{}`` if empty."""
+        br = BasicRequest(method=method.upper(), url=path, params=dict(params or {}), data=body,
+                          headers={"Content-Type": content_type} if body is not None else None)
+        resp = await self._send(br)
+        answer: dict[str, Any] = resp.json() if resp.content else {}
+        return answer
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply as pinserve.io; force takes back fields edited by hand."""
+        """Server-side apply as pinserve.io (the client's field manager); force takes back fields edited by
+        hand."""
         meta = obj["metadata"]
-        path = resource_path(obj["kind"], meta.get("namespace"), meta["name"])
-        return await self.request("PATCH", path, params={"fieldManager": MANAGER, "force": "true"}, body=obj,
-                                  content_type=PatchType.APPLY.value)  # JSON is YAML
+        return await self._object("patch", kubekinds.resource(obj["kind"]), meta.get("namespace"), meta["name"],
+                                  obj=dict(obj), params={"force": "true"},
+                                  headers={"Content-Type": PatchType.APPLY.value})  # JSON is YAML
+
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """POST a new object (an Event, kopf's peering object); 409 if it exists. Never retried after a
+        500 or a broken connection: it could be made twice."""
+        cls = kubekinds.resource(obj["kind"])
+        namespace = (obj.get("metadata") or {}).get("namespace")
+        return await self._object("post", cls, namespace, obj=kubekinds.make(cls, obj))
 
     async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
-            return await self.request("GET", resource_path(kind, namespace, name))
+            return await self._object("get", kubekinds.resource(kind), namespace, name)
         except ApiError as exc:
             if exc.status == 404:
                 return None
@@ -223,14 +226,16 @@ class KubeApi:
     async def list(self, kind: str, namespace: str | None = None,
                    label_selector: str | None = None) -> list[dict[str, Any]]:
         result = await self.list_object(kind, namespace, label_selector=label_selector)
-        items: list[dict[str, Any]] = result.get("items", [])
+        items: list[dict[str, Any]] = result["items"]
         return items
 
     async def delete(self, kind: str, namespace: str | None, name: str, *,
                      propagation: str = "Background") -> bool:
+        client = self._lightkube()
+        br = client.prepare_request("delete", res=kubekinds.resource(kind), name=name, namespace=namespace,
+                                    params={"propagationPolicy": propagation})
         try:
-            await self.request("DELETE", resource_path(kind, namespace, name),
-                               body={"propagationPolicy": propagation})
+            await self._send(br)
         except ApiError as exc:
             if exc.status == 404:
                 return False
@@ -239,8 +244,8 @@ class KubeApi:
 
     async def merge_patch(self, kind: str, namespace: str | None, name: str,
                           patch: Mapping[str, Any], sub: str = "") -> dict[str, Any]:
-        return await self.request("PATCH", resource_path(kind, namespace, name, sub), body=patch,
-                                  content_type=PatchType.MERGE.value)
+        return await self._object("patch", kubekinds.resource(kind, sub), namespace, name, obj=dict(patch),
+                                  headers={"Content-Type": PatchType.MERGE.value})
 
     async def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any],
                            resource_version: str | None = None) -> dict[str, Any]:
@@ -249,12 +254,25 @@ class KubeApi:
             body["metadata"] = {"resourceVersion": resource_version}
         return await self.merge_patch("ModelServer", namespace, name, body, sub="status")
 
+    def _collection(self, kind: str, namespace: str | None, *, watch: bool = False,
+                    params: dict[str, Any]) -> tuple[kubekinds.Kind, BasicRequest]:
+        """A list or watch request: every namespace when ``namespace`` is empty."""
+        cls = kubekinds.resource(kind)
+        scope = (namespace or ALL_NS) if kubekinds.namespaced(cls) else None
+        return cls, self._lightkube().prepare_request("list", res=cls, namespace=scope, watch=watch,
+                                                      params=params)
+
     async def list_object(self, kind: str, namespace: str | None = None, *, label_selector: str | None = None,
                           field_selector: str | None = None) -> dict[str, Any]:
-        """The whole List answer (``items`` and ``metadata.resourceVersion``, where a watch starts)."""
-        params = {"labelSelector": label_selector or "", "fieldSelector": field_selector or ""}
-        return await self.request("GET", resource_path(kind, namespace),
-                                  params={k: v for k, v in params.items() if v} or None)
+        """The List (``items`` and ``metadata.resourceVersion``, where a watch starts), in one request."""
+        cls, br = self._collection(kind, namespace, params={"labelSelector": label_selector or None,
+                                                            "fieldSelector": field_selector or None})
+        resp = await self._send(br)
+        _, version, items = self._lightkube().handle_response("list", resp, br)
+        info = cls._api_info
+        return {"apiVersion": info.resource.api_version, "kind": f"{kind}List",
+                "metadata": {"resourceVersion": version} if version else {},
+                "items": [dict(item) for item in items]}
 
     async def watch(self, kind: str, namespace: str | None = None, *, label_selector: str | None = None,
                     field_selector: str | None = None, resource_version: str | None = None,
@@ -264,54 +282,60 @@ class KubeApi:
         Counted as ``WATCH`` in ``requests``. The server closes the stream after ``timeout_seconds``;
         an expired ``resource_version`` arrives as an ``ERROR`` event with a Status of code 410, which
         the caller answers with a fresh list. Bookmarks are asked for and passed on. A refused start
-        raises ApiError with the server's status, a broken stream ApiError(TRANSPORT).
+        raises ApiError with the server's status, a broken stream ApiError(TRANSPORT). Never retried
+        here: the caller lists again.
         """
-        params = {"watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
-        if label_selector:
-            params["labelSelector"] = label_selector
-        if field_selector:
-            params["fieldSelector"] = field_selector
-        if resource_version:
-            params["resourceVersion"] = resource_version
-        # No total timeout on a stream; a read that stalls well past the server's own timeout is dead.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout, sock_read=timeout_seconds + 30)
+        _, br = self._collection(kind, namespace, watch=True, params={
+            "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds),
+            "labelSelector": label_selector or None, "fieldSelector": field_selector or None,
+            "resourceVersion": resource_version or None})
+        # A read that stalls well past the server's own timeout is a dead stream.
+        br.timeout = httpx.Timeout(self._timeout, read=timeout_seconds + 30)
+        client = self._lightkube()
         self.requests["WATCH"] += 1
-        path = resource_path(kind, namespace)
-        with _transport_errors("WATCH", path, self._timeout):
-            async with self._http.send("GET", path, params=params, headers={"Accept": "application/json"},
-                                       timeout=timeout) as resp:
-                if resp.status >= 400:
-                    raise _error(resp.status, await resp.text())
-                buffer = b""
-                # Events are newline-delimited JSON of any size (readline() would cap a line at 64 KiB).
-                async for chunk in resp.content.iter_any():
-                    buffer += chunk
-                    *lines, buffer = buffer.split(b"\n")
-                    for line in lines:
-                        if line.strip():
-                            event: dict[str, Any] = json.loads(line)
-                            yield event
-                if buffer.strip():
-                    last: dict[str, Any] = json.loads(buffer)
-                    yield last
+        with _transport_errors("WATCH", br.url, self._timeout):
+            resp = await _transmit(client, client.build_adapter_request(br), stream=True)
+            try:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    raise _error(resp)
+                # Newline-delimited JSON events of any size, whatever the chunking.
+                async for line in resp.aiter_lines():
+                    if line.strip():
+                        event: dict[str, Any] = json.loads(line)
+                        yield event
+            finally:
+                await resp.aclose()
+
+
+async def _transmit(client: GenericAsyncClient, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+    """lightkube's send (its httpx client: auth flows, TLS, the connection pool)."""
+    resp: httpx.Response = await client.send(request, stream=stream)  # type: ignore[no-untyped-call]
+    return resp
 
 
 @contextlib.contextmanager
 def _transport_errors(method: str, path: str, timeout: float) -> Iterator[None]:
     """No answer (a timeout, a broken connection, an exec plugin that failed) as ApiError(TRANSPORT)."""
+    where = f"{method} /{path.lstrip('/')}"
     try:
         yield
-    except TimeoutError:
-        raise ApiError(TRANSPORT, "Timeout", f"{method} {path}: no answer within {timeout:g}s") from None
-    except aiohttp.ClientError as exc:  # refused, reset, closed mid-answer
-        raise ApiError(TRANSPORT, "ConnectionError", f"{method} {path}: {exc}") from None
+    except httpx.TimeoutException:
+        raise ApiError(TRANSPORT, "Timeout", f"{where}: no answer within {timeout:g}s") from None
+    except httpx.RequestError as exc:  # refused, reset, closed mid-answer, TLS refused
+        raise ApiError(TRANSPORT, "ConnectionError", f"{where}: {exc or type(exc).__name__}") from None
     except ConfigError as exc:  # the exec plugin or the token file failed
-        raise ApiError(TRANSPORT, "CredentialsError", f"{method} {path}: {exc}") from None
+        raise ApiError(TRANSPORT, "CredentialsError", f"{where}: {exc}") from None
 
 
-def _error(status: int, text: str) -> ApiError:
-    try:
-        payload = json.loads(text)
-        return ApiError(status, payload.get("reason") or str(status), payload.get("message") or text)
-    except (ValueError, AttributeError):
-        return ApiError(status, str(status), text[:500])
+def _error(resp: httpx.Response) -> ApiError:
+    """An answer of 400 or more: the reason and message of its Status (as lightkube decodes it), and the
+    Retry-After the server asked for."""
+    status = resp.status_code
+    try:  # lightkube's own error (only made for an exact application/json, and without the headers)
+        decoded = lightkube.ApiError(request=resp.request, response=resp).status
+        error = ApiError(status, decoded.reason or str(status), decoded.message or resp.text[:500])
+    except (ValueError, TypeError, AttributeError, KeyError):
+        error = ApiError(status, str(status), resp.text[:500])
+    error.retry_after = parse_retry_after(resp.headers.get("Retry-After"), dt.datetime.now(dt.UTC))
+    return error

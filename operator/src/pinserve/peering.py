@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pinserve.kube import ApiError, KubeApi, resource_path
+from pinserve.kube import ApiError, KubeApi
 
 log = logging.getLogger("pinserve")
 
@@ -126,7 +126,7 @@ class Follower:
             if await self.api.get(kind, namespace, self.name) is not None:
                 continue  # the usual case: a replica that waits writes nothing at all
             try:
-                await self.api.request("POST", resource_path(kind, namespace), body=body)
+                await self.api.create(body)
                 log.info("created %s %s%s for leader election", kind, f"{namespace}/" if namespace else "", self.name)
             except ApiError as exc:
                 if exc.status != 409:  # 409: it exists (another replica, or an earlier run)
