@@ -106,14 +106,40 @@ def ready(server: FakeApiServer) -> dict[str, Any]:
     return dict(next(c for c in conditions if c["type"] == "Ready"))
 
 
-async def test_a_conflict_on_apply_is_retried_after_a_re_read(
+async def test_a_create_reads_nothing_first(
+        fake: tuple[Controller, FakeApiServer, list[float]], snapshot: Snapshot) -> None:
+    controller, server, _ = fake
+    await controller.sync(("ml", "rfcn"), snapshot)
+    assert [m for m, _ in server.seen if m == "GET"] == []
+    applies = [p for m, p in server.seen if m == "PATCH" and not p.endswith("/status")]
+    assert len(applies) == 3  # Deployment, Service, ConfigMap: one create-only apply each
+
+
+async def test_a_create_that_finds_the_object_gone_again_creates_at_once(
         fake: tuple[Controller, FakeApiServer, list[float]], snapshot: Snapshot) -> None:
     controller, server, waits = fake
     server.apply_answers[DEPLOYMENT] = [(409, {}), (200, {})]
     outcome = await controller.sync(("ml", "rfcn"), snapshot)
     assert outcome is not None and outcome.requeue_after is None
     calls = [c for c in server.seen if c[1] == DEPLOYMENT]
-    assert calls == [("GET", DEPLOYMENT), ("PATCH", DEPLOYMENT), ("GET", DEPLOYMENT), ("PATCH", DEPLOYMENT)]
+    assert calls == [("PATCH", DEPLOYMENT), ("GET", DEPLOYMENT), ("PATCH", DEPLOYMENT)]
+    assert waits == []
+    assert ready(server)["reason"] != "ApiError"
+
+
+async def test_a_conflict_on_apply_is_retried_after_a_re_read(
+        fake: tuple[Controller, FakeApiServer, list[float]], snapshot: Snapshot) -> None:
+    controller, server, waits = fake
+    assert snapshot.body is not None
+    ours = {"kind": "Deployment", "metadata": {"name": "rfcn", "namespace": "ml", "resourceVersion": "5",
+            "ownerReferences": [{"controller": True, "uid": snapshot.body["metadata"]["uid"]}]}}
+    snapshot.observed = Observed(children={("Deployment", "rfcn"): ours})
+    server.get_answers[DEPLOYMENT] = ours
+    server.apply_answers[DEPLOYMENT] = [(409, {}), (200, {})]
+    outcome = await controller.sync(("ml", "rfcn"), snapshot)
+    assert outcome is not None and outcome.requeue_after is None
+    calls = [c for c in server.seen if c[1] == DEPLOYMENT]
+    assert calls == [("PATCH", DEPLOYMENT), ("GET", DEPLOYMENT), ("PATCH", DEPLOYMENT)]
     assert waits == [0.125]
     assert ready(server)["reason"] != "ApiError"
 

@@ -1,7 +1,9 @@
 """Carries out reconcile Outcomes: apply, delete, status, events — serialised per ModelServer.
 
-Observations come from kopf indices (filled by watches), so a reconcile makes no reads;
-writes happen only for what differs, which makes a no-op resync free.
+Observations come from kopf indices and the label-filtered caches (pinserve.informer), so a reconcile
+makes no reads; writes happen only for what differs, which makes a no-op resync free. A child missing
+from the caches is created with a create-only apply; only a 409 makes it read the object (NameConflict
+or adopt).
 
 API errors: KubeApi retries 429/5xx/timeouts itself (pinserve.retry); a 409 Conflict on an apply is
 retried here after re-reading the object; what still fails becomes ``Ready=False`` reason ``ApiError``
@@ -200,14 +202,11 @@ class Controller:
             kind, namespace, name = obj["kind"], meta["namespace"], meta["name"]
             live = observed.children.get((kind, name))
             try:
-                if live is None:
-                    # Not in our indices, so not ours: one read, only before a create, so that a
-                    # same-named object of someone else's is never overwritten by the apply.
-                    live = await self.api.get(kind, namespace, name)
                 self._check_owner(obj, live, owner_uid)
                 log.info("applying %s %s/%s (%s)", kind, namespace, name,
                          "create" if live is None else "drifted from the desired state")
-                await self._apply(obj, owner_uid)
+                # Not in the label-filtered cache: create only (never overwrite someone else's object).
+                await self._apply(obj, owner_uid, create=live is None)
             except ApiError as exc:
                 if exc.is_client_error:
                     # The API server refused what the spec produced: say so, never crash-loop.
@@ -235,21 +234,30 @@ class Controller:
                                     "owned by this ModelServer; pinserve leaves it alone (rename the ModelServer "
                                     "or remove it)"))
 
-    async def _apply(self, obj: Mapping[str, Any], owner_uid: str) -> None:
-        """Server-side apply; a 409 Conflict is answered by re-reading the object (still ours?) and trying again."""
+    async def _apply(self, obj: Mapping[str, Any], owner_uid: str, *, create: bool = False) -> None:
+        """Server-side apply; a 409 Conflict is answered by re-reading the object (still ours?) and trying again.
+
+        ``create``: the object is not in the cache, so it is either absent or not pinserve's (a foreign or
+        unlabelled object of the same name). The apply then carries a resourceVersion no object can have:
+        the server creates the object, as an apply, or answers 409 when one exists. Only then is it read,
+        to tell a NameConflict from an object of ours to adopt — no read before an ordinary create.
+        """
         meta = obj["metadata"]
         for attempt in range(CONFLICT_ATTEMPTS):
             try:
-                await self.api.apply(obj)
+                await self.api.apply(create_only(obj) if create else obj)
                 return
             except ApiError as exc:
                 if exc.status != 409 or attempt + 1 == CONFLICT_ATTEMPTS:
                     exc.attempts = max(exc.attempts, attempt + 1)
                     raise
-                log.info("conflict applying %s %s/%s (%s); re-reading it", obj["kind"], meta["namespace"],
-                         meta["name"], exc.message)
-            await self.api.sleep(self.api.retry.backoff(attempt, self.api.rand()))
-            self._check_owner(obj, await self.api.get(obj["kind"], meta["namespace"], meta["name"]), owner_uid)
+                log.info("%s %s %s/%s (%s); re-reading it", "creating" if create else "conflict applying",
+                         obj["kind"], meta["namespace"], meta["name"], exc.message)
+            if not create:  # an object that exists already needs no wait: it is read at once
+                await self.api.sleep(self.api.retry.backoff(attempt, self.api.rand()))
+            live = await self.api.get(obj["kind"], meta["namespace"], meta["name"])
+            self._check_owner(obj, live, owner_uid)
+            create = live is None
 
     async def _write_status(self, key: Key, body: Mapping[str, Any], desired: dict[str, Any]) -> None:
         current = body.get("status")
@@ -283,6 +291,15 @@ class Controller:
             })
         except ApiError as exc:
             log.warning("could not post event %s for %s: %s", event.reason, meta.get("name"), exc)
+
+
+# No object ever has this resourceVersion (the largest etcd revision): an apply carrying it creates or fails.
+CREATE_ONLY_RESOURCE_VERSION = "18446744073709551615"
+
+
+def create_only(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """``obj`` as an apply that only creates: 409 Conflict when an object of that name exists."""
+    return {**obj, "metadata": {**obj["metadata"], "resourceVersion": CREATE_ONLY_RESOURCE_VERSION}}
 
 
 def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
