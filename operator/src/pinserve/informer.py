@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from pinserve.childcache import SELECTOR, Change, Key, Store, new_stores
@@ -33,12 +33,14 @@ class Informer:
 
     def __init__(self, api: KubeApi, on_change: Callable[[Iterable[Key]], None], *,
                  namespaces: tuple[str, ...] = (), stores: dict[str, Store] | None = None,
-                 watch_timeout: int = WATCH_TIMEOUT) -> None:
+                 watch_timeout: int = WATCH_TIMEOUT,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.api = api
         self.on_change = on_change
         self.stores = stores if stores is not None else new_stores()
         self.namespaces: tuple[str | None, ...] = namespaces or (None,)
         self.watch_timeout = watch_timeout
+        self.sleep = sleep  # injected for tests
         self.primed = asyncio.Event()
         self.relists = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -127,5 +129,5 @@ class Informer:
                 if isinstance(exc, ApiError) and exc.status == 410:
                     store.resource_version = None
                 log.warning("%s list/watch failed (%s); again in %.0f s", kind, exc, backoff)
-                await asyncio.sleep(backoff)
+                await self.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
