@@ -108,6 +108,8 @@ class Store:
     by_owner: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     #: Where the next watch starts; None: list first.
     resource_version: str | None = None
+    #: Objects that arrived without the selector's labels (the server filters: only a label edited away).
+    foreign: int = 0
 
     def _trimmed(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         obj = self.trim(raw)
@@ -121,6 +123,7 @@ class Store:
         ident = (meta.get("namespace") or "", meta.get("name") or "")
         owner = owner_key(raw)
         if owner is None:
+            self.foreign += 1
             return self._drop(ident)
         obj = self._trimmed(raw)
         previous = self.objects.get(ident)

@@ -67,6 +67,10 @@ class Informer:
             counts[kind] += len(store)
         return counts
 
+    def foreign(self) -> int:
+        """Objects received that are not pinserve's: stays 0 while the API server filters."""
+        return sum(store.foreign for store in self._streams.values())
+
     # -- running ------------------------------------------------------------------------------------------
 
     def start(self) -> None:
