@@ -25,7 +25,10 @@ pytestmark = pytest.mark.integration
 
 def unrelated(namespace: str, name: str, labels: dict[str, str]) -> list[dict[str, Any]]:
     """A bare pod and a Deployment of someone else's, labelled ``labels``."""
-    container = {"name": "c", "image": "registry.example.com/other:1"}
+    # The test namespaces enforce PodSecurity "restricted".
+    container = {"name": "c", "image": "registry.example.com/other:1", "securityContext": {
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"}}}
     return [
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": labels},
          "spec": {"containers": [container]}},

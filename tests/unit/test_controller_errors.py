@@ -6,6 +6,7 @@ Ready=False ApiError (verb, object, answer) in the status written, an Event, and
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -231,3 +232,28 @@ def test_the_index_is_trusted_again_once_it_shows_our_status_write(delivered: st
     fresh = controller._fresh_body(("ml", "rfcn"), body)
     assert (fresh["status"] == body["status"]) is trusted
     assert (("ml", "rfcn") in controller.written) is not trusted
+
+
+async def test_a_status_change_is_held_back_then_written_as_it_then_is(
+        fake: tuple[Controller, FakeApiServer, list[float]], snapshot: Snapshot) -> None:
+    controller, server, _ = fake
+    controller.status_coalesce = 0.2
+    outcome = await controller.sync(("ml", "rfcn"), snapshot)
+    assert server.statuses == [] and server.events == []  # nothing urgent: held back, announced later
+    assert outcome is not None and outcome.requeue_after is not None and 0 < outcome.requeue_after <= 0.21
+    again = await controller.sync(("ml", "rfcn"), snapshot)  # another event meanwhile: still held
+    assert server.statuses == [] and again is not None and again.requeue_after is not None
+    await asyncio.sleep(again.requeue_after)
+    done = await controller.sync(("ml", "rfcn"), snapshot)
+    assert len(server.statuses) == 1 and done is not None and done.requeue_after is None
+    assert [e["reason"] for e in server.events] == ["Planned"]
+
+
+async def test_a_failure_is_written_at_once(
+        fake: tuple[Controller, FakeApiServer, list[float]], snapshot: Snapshot) -> None:
+    controller, server, _ = fake
+    controller.status_coalesce = 60.0
+    server.apply_answers[DEPLOYMENT] = [(409, {}), (200, {})]
+    server.taken_on_apply = True
+    await controller.sync(("ml", "rfcn"), snapshot)
+    assert ready(server)["reason"] == "NameConflict"

@@ -97,6 +97,10 @@ class Controller:
     applied: dict[tuple[str, str, str], tuple[str | None, float]] = field(default_factory=dict)
     # Consecutive reconciles of a key that ended in an API error: the backoff before the next one.
     api_failures: dict[Key, int] = field(default_factory=dict)
+    # A status change that is not urgent (no failure, no Warning) is written this long after it is first seen,
+    # as it then is: the transitions of a starting pod cost one write, not one each. 0: write at once.
+    status_coalesce: float = 0.0
+    status_due: dict[Key, float] = field(default_factory=dict)
     reconciles: int = 0
     # For the metrics: reconciles by result (ok, error) and errors by reason (the Ready=False reason).
     results: Counter[str] = field(default_factory=Counter)
@@ -109,6 +113,7 @@ class Controller:
         self.locks.pop(key, None)
         self.written.pop(key, None)
         self.api_failures.pop(key, None)
+        self.status_due.pop(key, None)
         for k in [k for k in self.applied if (k[1], k[2]) == key or k[1:] == key]:
             self.applied.pop(k, None)
 
@@ -167,6 +172,14 @@ class Controller:
                 )
                 if (previous.get("reason"), previous.get("message")) != (failure.reason, failure.message):
                     outcome.events.append(EventSpec("Warning", failure.reason, failure.message))
+            urgent = failed_reason is not None or any(e.type == "Warning" for e in outcome.events)
+            wait = self._coalesce(key, body, desired, urgent)
+            if wait is not None:
+                # Nothing a user must see at once: write (and announce) the state it settles in shortly.
+                self.results["ok"] += 1
+                again = self._requeue(key, outcome.requeue_after, None)
+                wait = wait if again is None else min(again, wait)
+                return dataclasses.replace(outcome, events=[], requeue_after=wait)
             try:
                 await self._write_status(key, body, desired)
             except ApiError as exc:
@@ -179,6 +192,18 @@ class Controller:
             for event in outcome.events:
                 await self._post_event(body, event)
             return dataclasses.replace(outcome, requeue_after=self._requeue(key, outcome.requeue_after, api_error))
+
+    def _coalesce(self, key: Key, body: Mapping[str, Any], desired: Mapping[str, Any], urgent: bool) -> float | None:
+        """Seconds to hold a status write back, or None to write now (urgent, nothing to write, or due)."""
+        if self.status_coalesce <= 0 or urgent or status_writer.status_patch(body.get("status"), desired) is None:
+            self.status_due.pop(key, None)
+            return None
+        now = time.monotonic()
+        due = self.status_due.setdefault(key, now + self.status_coalesce)
+        if now >= due:
+            del self.status_due[key]
+            return None
+        return due - now
 
     def _requeue(self, key: Key, wanted: float | None, api_error: float | None) -> float | None:
         """When to come back: the core's bounded wait, or a growing, jittered backoff after an API error."""
@@ -195,6 +220,12 @@ class Controller:
         """Apply and delete what the Outcome says; raises _CarryOutError with the condition when something cannot be."""
         ms = outcome.modelserver
         owner_uid = ms.ref.uid if ms else ""
+        if ms is not None:
+            # Children the cache shows in sync: our apply came back, so a later absence is a deletion to repair.
+            stale = {(o["kind"], o["metadata"]["name"]) for o in outcome.apply}
+            for kind, name in observed.children:
+                if (kind, name) not in stale:
+                    self.applied.pop((kind, ms.ref.namespace, name), None)
         for obj in outcome.apply:
             if self._in_flight(obj, observed):
                 continue

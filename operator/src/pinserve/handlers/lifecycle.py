@@ -27,6 +27,8 @@ log = logging.getLogger("pinserve")
 # Started with the operator, stopped at cleanup: the metrics endpoint and the peering follower.
 _METRICS: web.AppRunner | None = None
 _FOLLOWER: asyncio.Task[None] | None = None
+# How long a status change that is not urgent waits for the next one (pinserve.controller.Controller).
+STATUS_COALESCE_SECONDS = 2.0
 
 
 def in_cluster_server(env: Mapping[str, str]) -> str | None:
@@ -65,7 +67,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     operator_settings = Settings.from_env()
-    state.CONTROLLER = Controller(api=KubeApi(Credentials.from_environment()), settings=operator_settings)
+    state.CONTROLLER = Controller(api=KubeApi(Credentials.from_environment()), settings=operator_settings,
+                                  status_coalesce=STATUS_COALESCE_SECONDS)
     await _start_informer(state.CONTROLLER.api, operator_settings.namespaces)
     state.RESYNC_TASK = asyncio.create_task(_resync_forever(operator_settings.resync_seconds))
     await _start_peering(settings, state.CONTROLLER.api, operator_settings.namespaces)
