@@ -209,7 +209,9 @@ async def run(args: argparse.Namespace) -> None:
     kube = local.kube()
     kube.install_crd(REPO / "crds/modelservers.pinserve.io.yaml", "modelservers.pinserve.io")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    namespaces = {"pinserve": "bench-plain", "unrelated": "bench-unrelated", "floor": "bench-floor"}
+    if args.baseline_src:  # another source tree of pinserve (e.g. `git archive` of an older commit)
+        variants = ["baseline", *variants, "baseline-unrelated"]
+    namespaces = {v: f"bench-{v}" for v in variants}
     for ns in [*namespaces.values(), NOISE_NAMESPACE]:
         kube.kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=true", timeout=900)
         kube.kubectl("create", "namespace", ns)
@@ -217,27 +219,31 @@ async def run(args: argparse.Namespace) -> None:
     operator = [sys.executable, "-m", "pinserve", "run", "--liveness", "http://127.0.0.1:0/healthz"]
     api = KubeApi(Credentials.from_kubeconfig(str(local.kubeconfig)))
     results: list[Result] = []
+    noisy = False
     try:
-        # pinserve watches the noise namespace in both runs: the only difference is the pods in it.
-        if "pinserve" in variants:
-            ns = namespaces["pinserve"]
-            results.append(await measure(api, "pinserve", ns, command=operator,
-                                         env={**env, "PINSERVE_NAMESPACES": f"{ns},{NOISE_NAMESPACE}"},
-                                         scope=f"namespaces {ns},{NOISE_NAMESPACE}", args=args, logs=local.logs_dir))
-        if "unrelated" in variants:
-            t1 = time.monotonic()
-            await create_unrelated_pods(api, args.unrelated_pods, args.nodes)
-            print(f"{args.unrelated_pods} unrelated pods created in {NOISE_NAMESPACE} in "
-                  f"{time.monotonic() - t1:.0f} s", flush=True)
-            ns = namespaces["unrelated"]
-            results.append(await measure(api, f"+{args.unrelated_pods} pods", ns, command=operator,
-                                         env={**env, "PINSERVE_NAMESPACES": f"{ns},{NOISE_NAMESPACE}"},
-                                         scope=f"namespaces {ns},{NOISE_NAMESPACE}", args=args, logs=local.logs_dir))
-        if "floor" in variants:
-            ns = namespaces["floor"]
-            floor = [sys.executable, "-m", "tools.bench_floor", "--namespace", ns]
-            results.append(await measure(api, "kopf floor", ns, command=floor, env=env, scope=f"namespace {ns}",
-                                         args=args, logs=local.logs_dir))
+        for variant in variants:
+            ns = namespaces[variant]
+            if variant in ("unrelated", "baseline-unrelated") and not noisy:
+                t1 = time.monotonic()
+                await create_unrelated_pods(api, args.unrelated_pods, args.nodes)
+                print(f"{args.unrelated_pods} unrelated pods created in {NOISE_NAMESPACE} in "
+                      f"{time.monotonic() - t1:.0f} s", flush=True)
+                noisy = True
+            # pinserve watches the noise namespace in every run: the only difference is the pods in it.
+            scoped = {**env, "PINSERVE_NAMESPACES": f"{ns},{NOISE_NAMESPACE}"}
+            scope = f"namespaces {ns},{NOISE_NAMESPACE}"
+            if variant.startswith("baseline"):
+                src = str(Path(args.baseline_src).resolve() / "operator" / "src")
+                scoped["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+            label = {"pinserve": "pinserve", "unrelated": f"+{args.unrelated_pods} pods", "floor": "kopf floor",
+                     "baseline": "baseline", "baseline-unrelated": f"baseline +{args.unrelated_pods}"}[variant]
+            if variant == "floor":
+                command, scoped, scope = [sys.executable, "-m", "tools.bench_floor", "--namespace", ns], env, \
+                    f"namespace {ns}"
+            else:
+                command = operator
+            results.append(await measure(api, label, ns, command=command, env=scoped, scope=scope, args=args,
+                                         logs=local.logs_dir))
     finally:
         await api.close()
         if not args.keep:
@@ -276,10 +282,15 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
     ]
     base = next((r for r in results if r.label == "pinserve"), None)
     noisy = next((r for r in results if r.label.startswith("+")), None)
-    if base is not None and noisy is not None:
-        rows.append(("RSS added by unrelated pods (MB)",
-                     ["", f"{noisy.rss_start - base.rss_start:+.0f} before creates, "
-                          f"{noisy.rss_end - base.rss_end:+.0f} converged"] + [""] * (len(results) - 2)))
+    old = next((r for r in results if r.label == "baseline"), None)
+    old_noisy = next((r for r in results if r.label.startswith("baseline +")), None)
+    added = {}
+    for clean, dirty in ((base, noisy), (old, old_noisy)):
+        if clean is not None and dirty is not None:
+            added[dirty.label] = (f"{dirty.rss_start - clean.rss_start:+.0f} before creates, "
+                                  f"{dirty.rss_end - clean.rss_end:+.0f} converged")
+    if added:
+        rows.append(("RSS added by unrelated pods (MB)", [added.get(r.label, "") for r in results]))
     floor = next((r for r in results if r.label == "kopf floor"), None)
     if floor is not None and floor.latencies:
         rows.append(("p50 / floor p50", [f"{percentile(r.latencies, 0.5) / percentile(floor.latencies, 0.5):.2f}x"
@@ -303,6 +314,8 @@ def main() -> None:
                         help="bare pods not pinserve's, created before the second run")
     parser.add_argument("--variants", default="pinserve,unrelated,floor",
                         help="which columns to run (comma-separated: pinserve, unrelated, floor)")
+    parser.add_argument("--baseline-src", help="also run the operator from this source tree (without and with "
+                        "the unrelated pods), e.g. an older commit's `git archive`")
     parser.add_argument("--settle", type=float, default=15.0,
                         help="seconds without operator writes that count as converged")
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of idling to count no-op requests")

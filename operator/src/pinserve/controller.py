@@ -38,6 +38,8 @@ log = logging.getLogger("pinserve")
 Key = tuple[str, str]  # (namespace, ModelServer name)
 IN_FLIGHT_SECONDS = 10.0
 CONFLICT_ATTEMPTS = 3  # applies answered 409 Conflict: re-read and try again, this many tries in all
+# Ready=False reasons that only say "on its way": their status writes may wait (Controller.status_coalesce).
+PROGRESS_REASONS = frozenset({"Deploying", "RollingOut", "PodsNotReady"})
 API_ERROR_REQUEUE = 5.0  # seconds before reconciling again after an API error, doubled per consecutive one
 
 
@@ -97,8 +99,8 @@ class Controller:
     applied: dict[tuple[str, str, str], tuple[str | None, float]] = field(default_factory=dict)
     # Consecutive reconciles of a key that ended in an API error: the backoff before the next one.
     api_failures: dict[Key, int] = field(default_factory=dict)
-    # A status change that is not urgent (no failure, no Warning) is written this long after it is first seen,
-    # as it then is: the transitions of a starting pod cost one write, not one each. 0: write at once.
+    # Progress (PROGRESS_REASONS, no failure, no Warning) is written at the latest this long after it is first
+    # seen, as it then is; a settled status at once: a starting pod's transitions cost one write. 0: no holding.
     status_coalesce: float = 0.0
     status_due: dict[Key, float] = field(default_factory=dict)
     reconciles: int = 0
@@ -194,8 +196,15 @@ class Controller:
             return dataclasses.replace(outcome, requeue_after=self._requeue(key, outcome.requeue_after, api_error))
 
     def _coalesce(self, key: Key, body: Mapping[str, Any], desired: Mapping[str, Any], urgent: bool) -> float | None:
-        """Seconds to hold a status write back, or None to write now (urgent, nothing to write, or due)."""
-        if self.status_coalesce <= 0 or urgent or status_writer.status_patch(body.get("status"), desired) is None:
+        """Seconds to hold a status write back, or None to write now.
+
+        Only progress is held back (Ready=False while deploying or rolling out, nothing failing): a start
+        that settles within ``status_coalesce`` costs one status write, made as soon as it settles.
+        """
+        ready = next((c for c in desired.get("conditions") or [] if c.get("type") == "Ready"), {})
+        settled = ready.get("status") == "True" or ready.get("reason") not in PROGRESS_REASONS
+        if self.status_coalesce <= 0 or urgent or settled or \
+                status_writer.status_patch(body.get("status"), desired) is None:
             self.status_due.pop(key, None)
             return None
         now = time.monotonic()

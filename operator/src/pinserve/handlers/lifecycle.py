@@ -27,8 +27,8 @@ log = logging.getLogger("pinserve")
 # Started with the operator, stopped at cleanup: the metrics endpoint and the peering follower.
 _METRICS: web.AppRunner | None = None
 _FOLLOWER: asyncio.Task[None] | None = None
-# How long a status change that is not urgent waits for the next one (pinserve.controller.Controller).
-STATUS_COALESCE_SECONDS = 2.0
+# How long a status that only says "progressing" may wait to be written (pinserve.controller.Controller).
+STATUS_COALESCE_SECONDS = 5.0
 
 
 def in_cluster_server(env: Mapping[str, str]) -> str | None:
