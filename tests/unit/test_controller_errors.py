@@ -257,3 +257,22 @@ async def test_a_failure_is_written_at_once(
     server.taken_on_apply = True
     await controller.sync(("ml", "rfcn"), snapshot)
     assert ready(server)["reason"] == "NameConflict"
+
+
+@pytest.mark.parametrize(("reason", "status", "urgent", "held"), [
+    ("Deploying", "False", False, True),
+    ("PodsNotReady", "False", False, True),
+    ("RollingOut", "False", False, True),
+    ("PodsNotReady", "False", True, False),  # a Warning or a failure goes out at once
+    ("Available", "True", False, False),  # settled: written as soon as it is seen
+    ("NotPlaced", "False", False, False),
+])
+def test_only_progress_is_held_back(reason: str, status: str, urgent: bool, held: bool) -> None:
+    controller = Controller(api=None, settings=Settings(), status_coalesce=5.0)  # type: ignore[arg-type]
+    desired = {"conditions": [{"type": "Ready", "status": status, "reason": reason}]}
+    wait = controller._coalesce(("ml", "rfcn"), {"status": {}}, desired, urgent)
+    assert (wait is not None) == held
+    assert wait is None or 4.9 < wait <= 5.0
+    assert (("ml", "rfcn") in controller.status_due) == held
+    # Nothing to write: nothing held.
+    assert controller._coalesce(("ml", "rfcn"), {"status": desired}, desired, urgent) is None

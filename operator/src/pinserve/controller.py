@@ -201,7 +201,7 @@ class Controller:
         Only progress is held back (Ready=False while deploying or rolling out, nothing failing): a start
         that settles within ``status_coalesce`` costs one status write, made as soon as it settles.
         """
-        ready = next((c for c in desired.get("conditions") or [] if c.get("type") == "Ready"), {})
+        ready: Mapping[str, Any] = next((c for c in desired.get("conditions") or [] if c.get("type") == "Ready"), {})
         settled = ready.get("status") == "True" or ready.get("reason") not in PROGRESS_REASONS
         if self.status_coalesce <= 0 or urgent or settled or \
                 status_writer.status_patch(body.get("status"), desired) is None:
