@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,13 @@ REPO = Path(__file__).resolve().parent.parent
 SNAPSHOTS = ("32intel64-2p8co2t+8ve", "8em64t-2s2ca2c", "64amd64-4s2n4ca2co")
 NOISE_NAMESPACE = "bench-noise"
 WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def rss_mb(pid: int) -> float:
@@ -153,6 +161,8 @@ async def measure(api: KubeApi, label: str, namespace: str, *, command: list[str
         try:
             deadline = time.monotonic() + 120
             while not stats.exists() and time.monotonic() < deadline:  # primed and running
+                if operator.poll() is not None:
+                    raise RuntimeError(f"{label}: the operator exited ({operator.returncode}); see {log.name}")
                 await asyncio.sleep(0.5)
             await asyncio.sleep(3)
             result.rss_start = rss_mb(operator.pid)
@@ -216,7 +226,6 @@ async def run(args: argparse.Namespace) -> None:
         kube.kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=true", timeout=900)
         kube.kubectl("create", "namespace", ns)
     env = {**os.environ, "KUBECONFIG": str(local.kubeconfig), "PINSERVE_RESYNC_SECONDS": "60"}
-    operator = [sys.executable, "-m", "pinserve", "run", "--liveness", "http://127.0.0.1:0/healthz"]
     api = KubeApi(Credentials.from_kubeconfig(str(local.kubeconfig)))
     results: list[Result] = []
     noisy = False
@@ -240,8 +249,8 @@ async def run(args: argparse.Namespace) -> None:
             if variant == "floor":
                 command, scoped, scope = [sys.executable, "-m", "tools.bench_floor", "--namespace", ns], env, \
                     f"namespace {ns}"
-            else:
-                command = operator
+            else:  # kopf reads port 0 as 80: a free port of its own
+                command = [sys.executable, "-m", "pinserve", "run", "--liveness", f"http://127.0.0.1:{free_port()}/healthz"]
             results.append(await measure(api, label, ns, command=command, env=scoped, scope=scope, args=args,
                                          logs=local.logs_dir))
     finally:
