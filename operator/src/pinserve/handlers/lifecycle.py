@@ -27,8 +27,9 @@ log = logging.getLogger("pinserve")
 # Started with the operator, stopped at cleanup: the metrics endpoint and the peering follower.
 _METRICS: web.AppRunner | None = None
 _FOLLOWER: asyncio.Task[None] | None = None
-# How long a status that only says "progressing" may wait to be written (pinserve.controller.Controller).
-STATUS_COALESCE_SECONDS = 5.0
+# How long a status that only says "progressing" may wait to be written (pinserve.controller.Controller):
+# a start that settles within it costs one status write. PINSERVE_STATUS_HOLD_SECONDS overrides it (0: off).
+STATUS_COALESCE_SECONDS = 10.0
 
 
 def in_cluster_server(env: Mapping[str, str]) -> str | None:
@@ -68,7 +69,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     operator_settings = Settings.from_env()
     state.CONTROLLER = Controller(api=KubeApi(Credentials.from_environment()), settings=operator_settings,
-                                  status_coalesce=STATUS_COALESCE_SECONDS)
+                                  status_coalesce=float(os.environ.get("PINSERVE_STATUS_HOLD_SECONDS",
+                                                                       STATUS_COALESCE_SECONDS)))
     await _start_informer(state.CONTROLLER.api, operator_settings.namespaces)
     state.RESYNC_TASK = asyncio.create_task(_resync_forever(operator_settings.resync_seconds))
     await _start_peering(settings, state.CONTROLLER.api, operator_settings.namespaces)
