@@ -204,8 +204,11 @@ async def measure(api: KubeApi, label: str, namespace: str, *, command: list[str
             except subprocess.TimeoutExpired:
                 operator.kill()
                 operator.wait()
-    print(f"   done: p50 {percentile(result.latencies, 0.5):.0f} ms, converged {result.converged_s:.0f} s after the "
-          "last create", flush=True)
+    own = result.per_create if result.per_create_own is None else result.per_create_own
+    print(f"   done: p50 {percentile(result.latencies, 0.5):.0f} ms, p99 {percentile(result.latencies, 0.99):.0f} ms, "
+          f"converged {result.converged_s:.0f} s after the last create, requests per create "
+          f"{_verbs(own, max(args.modelservers, 1))}, RSS {result.rss_start:.0f} -> {result.rss_end:.0f} MB",
+          flush=True)
     return result
 
 
