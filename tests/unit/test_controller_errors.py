@@ -276,3 +276,13 @@ def test_only_progress_is_held_back(reason: str, status: str, urgent: bool, held
     assert (("ml", "rfcn") in controller.status_due) == held
     # Nothing to write: nothing held.
     assert controller._coalesce(("ml", "rfcn"), {"status": desired}, desired, urgent) is None
+
+
+def test_a_create_only_apply_carries_a_resource_version_no_object_has() -> None:
+    from pinserve.controller import CREATE_ONLY_RESOURCE_VERSION, create_only  # noqa: PLC0415
+
+    obj = {"kind": "Service", "metadata": {"name": "rfcn", "namespace": "ml", "labels": {"a": "b"}}}
+    made = create_only(obj)
+    assert made["metadata"] == {**obj["metadata"], "resourceVersion": CREATE_ONLY_RESOURCE_VERSION}
+    assert "resourceVersion" not in obj["metadata"]  # the desired object is left alone
+    assert int(CREATE_ONLY_RESOURCE_VERSION) == 2**64 - 1
