@@ -50,16 +50,17 @@ class Informer:
 
     # -- reads (what state.snapshot needs) -------------------------------------------------------------
 
+    def _store(self, kind: str, namespace: str) -> Store | None:
+        found = self._streams.get((kind, None))  # the whole cluster, or the namespace's own stream
+        return found if found is not None else self._streams.get((kind, namespace))
+
     def owned_by(self, kind: str, key: Key) -> list[dict[str, Any]]:
-        if len(self.namespaces) == 1:
-            return self.stores[kind].owned_by(key)
-        return [obj for (k, _), store in self._streams.items() if k == kind for obj in store.owned_by(key)]
+        store = self._store(kind, key[0])
+        return store.owned_by(key) if store is not None else []
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        for (k, _), store in self._streams.items():
-            if k == kind and (found := store.get(namespace, name)) is not None:
-                return found
-        return None
+        store = self._store(kind, namespace)
+        return store.get(namespace, name) if store is not None else None
 
     def sizes(self) -> dict[str, int]:
         counts: dict[str, int] = dict.fromkeys(self.stores, 0)
