@@ -6,7 +6,17 @@ from typing import Any
 
 import pytest
 
-from pinserve.childcache import SELECTOR, Change, Store, new_stores, owner_key, plain, pod_essentials
+from pinserve.childcache import (
+    SELECTOR,
+    Change,
+    Store,
+    new_stores,
+    owner_key,
+    pack,
+    plain,
+    pod_essentials,
+    unpack,
+)
 from pinserve.render.common import LABEL_MANAGED_BY, LABEL_MODELSERVER
 
 pytestmark = pytest.mark.unit
@@ -65,7 +75,7 @@ def test_events(events: list[dict[str, Any]], touched: list[set[tuple[str, str]]
     assert [set(store.handle(e).keys) for e in events] == touched
     assert store.resource_version == rv
     assert sorted(n for _, n in store.objects) == names
-    assert sorted(o["metadata"]["name"] for objs in store.by_owner.values() for o in objs.values()) == names
+    assert sorted(o["metadata"]["name"] for key in store.by_owner for o in store.owned_by(key)) == names
 
 
 @pytest.mark.parametrize("status", [
@@ -116,6 +126,15 @@ def test_a_pod_change_nobody_reads_touches_nothing() -> None:
     assert store.handle({"type": "MODIFIED", "object": obj("p", "2", status={"phase": "Running", "hostIP": "b"})}) \
         == Change()
     assert store.resource_version == "2"
+
+
+def test_packed_objects_read_back_as_fresh_copies() -> None:
+    store = Store("Deployment")
+    store.handle({"type": "ADDED", "object": obj("d", "5", spec={"replicas": 2})})
+    first = store.owned_by(("ml", "rfcn"))[0]
+    first["spec"]["replicas"] = 9  # a reader's edit never reaches the cache
+    assert store.owned_by(("ml", "rfcn"))[0]["spec"] == {"replicas": 2}
+    assert pack(first) != store.objects[("ml", "d")][1] and unpack(pack(first)) == first
 
 
 def test_plain_drops_managed_fields_only() -> None:

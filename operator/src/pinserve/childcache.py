@@ -3,8 +3,8 @@
 Pure logic, no I/O: :class:`Store` takes a List answer (:meth:`Store.replace`) or one watch event
 (:meth:`Store.handle`) and says which ModelServers the change concerns, so that the informer
 (:mod:`pinserve.informer`) can trigger their reconciles. Objects are kept trimmed (``managedFields``
-dropped; pods cut to what status, pinning, pod failures and the benchmark read), keyed by the
-ModelServer named in their ``pinserve.io/modelserver`` label.
+dropped; pods cut to what status, pinning, pod failures and the benchmark read) and packed (compressed
+JSON, unpacked per read), keyed by the ModelServer named in their ``pinserve.io/modelserver`` label.
 
 Only objects carrying both labels of :data:`SELECTOR` ever reach the operator: the API server filters,
 so unrelated pods in a busy cluster cost neither memory nor CPU here.
@@ -12,6 +12,8 @@ so unrelated pods in a busy cluster cost neither memory nor CPU here.
 
 from __future__ import annotations
 
+import json
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +82,17 @@ def pod_essentials(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def pack(obj: Mapping[str, Any]) -> bytes:
+    """An object as compact, compressed JSON: a Python dict of a Deployment and its serving ConfigMap (model
+    config, start script) takes several times its JSON size; the same object twice packs to the same bytes."""
+    return zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 1)
+
+
+def unpack(packed: bytes) -> dict[str, Any]:
+    obj: dict[str, Any] = json.loads(zlib.decompress(packed))
+    return obj
+
+
 def owner_key(obj: Mapping[str, Any]) -> Key | None:
     """The ModelServer an object belongs to, by its labels; None when it is not pinserve's."""
     meta = obj.get("metadata") or {}
@@ -103,9 +116,9 @@ class Store:
 
     kind: str
     trim: Trim = plain
-    # (namespace, name) -> (owner, trimmed object)
-    objects: dict[Key, tuple[Key, dict[str, Any]]] = field(default_factory=dict)
-    by_owner: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # (namespace, name) -> (owner, trimmed object, packed): objects are kept as compressed JSON (see pack)
+    objects: dict[Key, tuple[Key, bytes]] = field(default_factory=dict)
+    by_owner: dict[Key, dict[str, bytes]] = field(default_factory=dict)
     #: Where the next watch starts; None: list first.
     resource_version: str | None = None
     #: Objects that arrived without the selector's labels (the server filters: only a label edited away).
@@ -125,13 +138,13 @@ class Store:
         if owner is None:
             self.foreign += 1
             return self._drop(ident)
-        obj = self._trimmed(raw)
+        packed = pack(self._trimmed(raw))
         previous = self.objects.get(ident)
-        if previous is not None and previous == (owner, obj):
+        if previous is not None and previous == (owner, packed):
             return set()
         touched = self._drop(ident)
-        self.objects[ident] = (owner, obj)
-        self.by_owner.setdefault(owner, {})[ident[1]] = obj
+        self.objects[ident] = (owner, packed)
+        self.by_owner.setdefault(owner, {})[ident[1]] = packed
         return touched | {owner}
 
     def _drop(self, ident: Key) -> set[Key]:
@@ -180,11 +193,12 @@ class Store:
         return Change(frozenset(touched))
 
     def owned_by(self, key: Key) -> list[dict[str, Any]]:
-        return list(self.by_owner.get(key, {}).values())
+        """Fresh copies (unpacked per read: a reconcile reads a handful)."""
+        return [unpack(packed) for packed in self.by_owner.get(key, {}).values()]
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         found = self.objects.get((namespace, name))
-        return found[1] if found else None
+        return unpack(found[1]) if found else None
 
     def __len__(self) -> int:
         return len(self.objects)
