@@ -1,11 +1,18 @@
 """Operator benchmark against the local control plane: prints figures, asserts nothing.
 
-N ModelServers are created at a steady rate on M simulated nodes while the operator runs as
-its own process. Printed: time from create to Deployment present (p50/p99, measured with a
-watch from this process), the operator's API requests by verb per create and per idle
-minute (from its stats file), and the operator's RSS.
+In one run, on one cluster of M simulated nodes, N ModelServers are created at a steady rate, three times,
+each time in a fresh namespace and with the operator as its own process:
 
-Usage: python -m tools.bench_operator [--modelservers 1000] [--nodes 200] [--rate 10] [--idle 60]
+* ``pinserve``: pinserve alone;
+* ``+unrelated``: pinserve again, after U bare pods that are not pinserve's were created in a namespace
+  it watches (only the label selector keeps them out);
+* ``kopf floor``: a minimal kopf operator making the same three children (tools/bench_floor.py).
+
+Printed side by side: time from create to Deployment present (p50/p99, measured with a watch from this
+process), the operator's API requests by verb per create (from its stats file), convergence (the last
+operator write after the last create), RSS, and the requests per idle minute.
+
+Usage: python -m tools.bench_operator [--modelservers 1000] [--nodes 200] [--rate 10] [--unrelated-pods 5000]
 """
 
 from __future__ import annotations
@@ -15,12 +22,13 @@ import asyncio
 import json
 import os
 import signal
-import statistics
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +38,16 @@ from tools import fakenodes
 
 REPO = Path(__file__).resolve().parent.parent
 
-NAMESPACE = "bench"
 SNAPSHOTS = ("32intel64-2p8co2t+8ve", "8em64t-2s2ca2c", "64amd64-4s2n4ca2co")
+NOISE_NAMESPACE = "bench-noise"
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def rss_mb(pid: int) -> float:
@@ -42,6 +58,8 @@ def rss_mb(pid: int) -> float:
 
 
 def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
@@ -54,26 +72,28 @@ def read_stats(path: Path) -> dict[str, Any]:
         return {"requests": {}, "reconciles": 0}
 
 
-async def watch_deployments(api: KubeApi, seen: dict[str, float], stop: asyncio.Event) -> None:
-    async for event in api.watch("Deployment", NAMESPACE, label_selector="app.kubernetes.io/managed-by=pinserve",
+def writes(stats: dict[str, Any]) -> int:
+    return sum(stats.get("requests", {}).get(v, 0) for v in WRITE_VERBS)
+
+
+async def watch_deployments(api: KubeApi, namespace: str, seen: dict[str, float]) -> None:
+    async for event in api.watch("Deployment", namespace, label_selector="app.kubernetes.io/managed-by=pinserve",
                                  timeout_seconds=3600):
-        if stop.is_set():
-            return
         if event.get("type") == "ADDED":
             seen.setdefault(event["object"]["metadata"]["name"], time.monotonic())
 
 
-def modelserver(name: str) -> dict[str, Any]:
+def modelserver(name: str, namespace: str) -> dict[str, Any]:
     return {
         "apiVersion": "pinserve.io/v1alpha1", "kind": "ModelServer",
-        "metadata": {"name": name, "namespace": NAMESPACE},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {"model": {"uri": "https://models.example.com/m.tar.gz"},
                  "resources": {"physicalCores": 1, "memory": "1Gi"},
                  "benchmark": {"enabled": False}},
     }
 
 
-async def create_all(api: KubeApi, count: int, rate: float, created: dict[str, float]) -> None:
+async def create_all(api: KubeApi, namespace: str, count: int, rate: float, created: dict[str, float]) -> None:
     interval = 1.0 / rate
     start = time.monotonic()
     tasks = []
@@ -83,86 +103,209 @@ async def create_all(api: KubeApi, count: int, rate: float, created: dict[str, f
         if delay > 0:
             await asyncio.sleep(delay)
         created[name] = time.monotonic()
-        tasks.append(asyncio.create_task(api.create(modelserver(name))))
+        tasks.append(asyncio.create_task(api.create(modelserver(name, namespace))))
     await asyncio.gather(*tasks)
 
 
+async def create_unrelated_pods(api: KubeApi, count: int, nodes: int) -> None:
+    """Bare pods that are not pinserve's (no pinserve labels), bound to simulated nodes (KWOK runs them)."""
+    path = f"/api/v1/namespaces/{NOISE_NAMESPACE}/pods"
+    limit = asyncio.Semaphore(32)
+
+    async def one(i: int) -> None:
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": f"noise-{i:05d}",
+                            "labels": {"app": "noise", "app.kubernetes.io/managed-by": "helm"}},
+               "spec": {"nodeName": f"bench-{i % max(nodes, 1):04d}",
+                        "containers": [{"name": "c", "image": "registry.example.com/noise:1"}]}}
+        async with limit:
+            await api.request("POST", path, body=pod)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+
+
+@dataclass
+class Result:
+    label: str
+    scope: str
+    latencies: list[float] = field(default_factory=list)
+    missing: int = 0
+    per_create: Counter[str] = field(default_factory=Counter)
+    per_create_own: Counter[str] | None = None
+    idle: Counter[str] = field(default_factory=Counter)
+    converged_s: float = float("nan")
+    rss_start: float = float("nan")
+    rss_end: float = float("nan")
+    rss_idle: float = float("nan")
+    cached: dict[str, int] = field(default_factory=dict)
+
+
+async def measure(api: KubeApi, label: str, namespace: str, *, command: list[str], env: dict[str, str],
+                  scope: str, args: argparse.Namespace, logs: Path) -> Result:
+    """One operator process, one batch of creates in ``namespace``: the figures of one column."""
+    result = Result(label, scope)
+    stats = Path(tempfile.mkdtemp()) / "stats.json"
+    env = {**env, "PINSERVE_STATS_FILE": str(stats)}
+    print(f"-- {label}: {' '.join(command[1:])} ({scope})", flush=True)
+    with open(logs / f"bench-{label.replace(' ', '-').replace('+', '')}.log", "w") as log:
+        operator = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while not stats.exists() and time.monotonic() < deadline:  # primed and running
+                if operator.poll() is not None:
+                    raise RuntimeError(f"{label}: the operator exited ({operator.returncode}); see {log.name}")
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(3)
+            result.rss_start = rss_mb(operator.pid)
+            seen: dict[str, float] = {}
+            created: dict[str, float] = {}
+            watcher = asyncio.create_task(watch_deployments(api, namespace, seen))
+            await asyncio.sleep(1)
+            before = read_stats(stats)
+            await create_all(api, namespace, args.modelservers, args.rate, created)
+            last_create = time.monotonic()
+            deadline = last_create + 300
+            while len(seen) < len(created) and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            result.latencies = [(seen[n] - created[n]) * 1000 for n in created if n in seen]
+            result.missing = len(created) - len(result.latencies)
+            # Pods keep starting (and statuses changing) well after the last Deployment appears: converged
+            # once the operator has written nothing for --settle seconds.
+            quiet_since, last_writes = time.monotonic(), -1
+            while time.monotonic() - quiet_since < args.settle and time.monotonic() - last_create < 900:
+                current = writes(read_stats(stats))
+                if current != last_writes:
+                    quiet_since, last_writes = time.monotonic(), current
+                await asyncio.sleep(1)
+            result.converged_s = max(0.0, quiet_since - last_create)
+            after = read_stats(stats)
+            result.rss_end = rss_mb(operator.pid)
+            result.cached = after.get("cached") or {}
+            result.per_create = Counter(after["requests"]) - Counter(before["requests"])
+            if "own" in after:
+                result.per_create_own = Counter(after["own"]) - Counter(before.get("own") or {})
+            await asyncio.sleep(args.idle)
+            result.idle = Counter(read_stats(stats)["requests"]) - Counter(after["requests"])
+            result.rss_idle = rss_mb(operator.pid)
+            watcher.cancel()
+        finally:
+            operator.send_signal(signal.SIGTERM)
+            try:
+                operator.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                operator.kill()
+                operator.wait()
+    own = result.per_create if result.per_create_own is None else result.per_create_own
+    print(f"   done: p50 {percentile(result.latencies, 0.5):.0f} ms, p99 {percentile(result.latencies, 0.99):.0f} ms, "
+          f"converged {result.converged_s:.0f} s after the last create, requests per create "
+          f"{_verbs(own, max(args.modelservers, 1))}, RSS {result.rss_start:.0f} -> {result.rss_end:.0f} MB",
+          flush=True)
+    return result
+
+
 async def run(args: argparse.Namespace) -> None:
-    local = cluster_tools.LocalCluster(cluster_tools.cache_root() / "cluster-bench")
+    state_dir = Path(args.state_dir) if args.state_dir else cluster_tools.cache_root() / "cluster-bench"
+    local = cluster_tools.LocalCluster(state_dir)
     nodes = [fakenodes.make_fake_node(f"bench-{i:04d}", SNAPSHOTS[i % len(SNAPSHOTS)]) for i in range(args.nodes)]
     t0 = time.monotonic()
     local.up(nodes=nodes, build=False)
     print(f"cluster with {args.nodes} simulated nodes up in {time.monotonic() - t0:.1f}s", flush=True)
     kube = local.kube()
     kube.install_crd(REPO / "crds/modelservers.pinserve.io.yaml", "modelservers.pinserve.io")
-    kube.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=600)
-    kube.kubectl("create", "namespace", NAMESPACE)
-
-    stats = Path(tempfile.mkdtemp()) / "stats.json"
-    env = {**os.environ, "KUBECONFIG": str(local.kubeconfig), "PINSERVE_STATS_FILE": str(stats),
-           "PINSERVE_RESYNC_SECONDS": "60"}
-    log = open(local.logs_dir / "bench-operator.log", "w")  # noqa: SIM115  (closed below)
-    operator = subprocess.Popen([sys.executable, "-m", "pinserve", "run", "--liveness", "http://127.0.0.1:0/healthz"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.baseline_src:  # another source tree of pinserve (e.g. `git archive` of an older commit)
+        variants = ["baseline", *variants, "baseline-unrelated"]
+    namespaces = {v: f"bench-{v}" for v in variants}
+    for ns in [*namespaces.values(), NOISE_NAMESPACE]:
+        kube.kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=true", timeout=900)
+        kube.kubectl("create", "namespace", ns)
+    env = {**os.environ, "KUBECONFIG": str(local.kubeconfig), "PINSERVE_RESYNC_SECONDS": "60"}
+    api = KubeApi(Credentials.from_kubeconfig(str(local.kubeconfig)))
+    results: list[Result] = []
+    noisy = False
     try:
-        api = KubeApi(Credentials.from_kubeconfig(str(local.kubeconfig)))
-        await asyncio.sleep(5)  # let kopf prime its indices before the clock starts
-        idle_rss = rss_mb(operator.pid)
-        seen: dict[str, float] = {}
-        created: dict[str, float] = {}
-        stop = asyncio.Event()
-        watcher = asyncio.create_task(watch_deployments(api, seen, stop))
-        before = read_stats(stats)
-        await create_all(api, args.modelservers, args.rate, created)
-        deadline = time.monotonic() + 300
-        while len(seen) < len(created) and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-        latencies = [(seen[n] - created[n]) * 1000 for n in created if n in seen]
-        # Pods keep starting (and statuses changing) well after the last Deployment appears: the idle
-        # window starts only once the operator has written nothing for --settle seconds.
-        converged_at = time.monotonic()
-        quiet_since, last_writes = time.monotonic(), -1
-        while time.monotonic() - quiet_since < args.settle and time.monotonic() - converged_at < 600:
-            current = read_stats(stats)["requests"]
-            writes = sum(current.get(v, 0) for v in ("POST", "PUT", "PATCH", "DELETE"))
-            if writes != last_writes:
-                quiet_since, last_writes = time.monotonic(), writes
-            await asyncio.sleep(1)
-        print(f"  converged (no operator writes for {args.settle:.0f} s) "
-              f"{time.monotonic() - converged_at:.0f} s after the last create", flush=True)
-        after_create = read_stats(stats)
-        peak_rss = rss_mb(operator.pid)
-        await asyncio.sleep(args.idle)
-        after_idle = read_stats(stats)
-        stop.set()
-        watcher.cancel()
-        await api.close()
-
-        per_create = Counter(after_create["requests"]) - Counter(before["requests"])
-        idle = Counter(after_idle["requests"]) - Counter(after_create["requests"])
-        print(f"\noperator benchmark: {args.modelservers} ModelServers at {args.rate}/s on {args.nodes} nodes")
-        print(f"  create -> Deployment present: n={len(latencies)}  p50 {percentile(latencies, 0.5):.0f} ms  "
-              f"p99 {percentile(latencies, 0.99):.0f} ms  max {max(latencies):.0f} ms  "
-              f"mean {statistics.fmean(latencies):.0f} ms")
-        missing = len(created) - len(latencies)
-        if missing:
-            print(f"  {missing} Deployments did not appear within 300 s")
-        print("  operator API requests per create (until converged): " + ", ".join(
-            f"{verb} {count / args.modelservers:.2f}" for verb, count in sorted(per_create.items())))
-        idle_minutes = args.idle / 60
-        print("  operator API requests per idle minute (resync every 60 s): " + (", ".join(
-            f"{verb} {count / idle_minutes:.1f}" for verb, count in sorted(idle.items())) or "none"))
-        print(f"  operator RSS: {idle_rss:.0f} MB idle before creates, {peak_rss:.0f} MB with "
-              f"{args.modelservers} ModelServers on {args.nodes} nodes, {rss_mb(operator.pid):.0f} MB after idling")
+        for variant in variants:
+            ns = namespaces[variant]
+            if variant in ("unrelated", "baseline-unrelated") and not noisy:
+                t1 = time.monotonic()
+                await create_unrelated_pods(api, args.unrelated_pods, args.nodes)
+                print(f"{args.unrelated_pods} unrelated pods created in {NOISE_NAMESPACE} in "
+                      f"{time.monotonic() - t1:.0f} s", flush=True)
+                noisy = True
+            # pinserve watches the noise namespace in every run: the only difference is the pods in it.
+            scoped = {**env, "PINSERVE_NAMESPACES": f"{ns},{NOISE_NAMESPACE}"}
+            scope = f"namespaces {ns},{NOISE_NAMESPACE}"
+            if variant.startswith("baseline"):
+                src = str(Path(args.baseline_src).resolve() / "operator" / "src")
+                scoped["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+            label = {"pinserve": "pinserve", "unrelated": f"+{args.unrelated_pods} pods", "floor": "kopf floor",
+                     "baseline": "baseline", "baseline-unrelated": f"baseline +{args.unrelated_pods}"}[variant]
+            if variant == "floor":
+                command, scoped, scope = [sys.executable, "-m", "tools.bench_floor", "--namespace", ns], env, \
+                    f"namespace {ns}"
+            else:  # kopf reads port 0 as 80: a free port of its own
+                command = [sys.executable, "-m", "pinserve", "run", "--liveness", f"http://127.0.0.1:{free_port()}/healthz"]
+            results.append(await measure(api, label, ns, command=command, env=scoped, scope=scope, args=args,
+                                         logs=local.logs_dir))
     finally:
-        operator.send_signal(signal.SIGTERM)
-        try:
-            operator.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-        log.close()
+        await api.close()
         if not args.keep:
             local.down()
+    print(f"\noperator benchmark: {args.modelservers} ModelServers at {args.rate:g}/s on {args.nodes} nodes "
+          f"({args.unrelated_pods} unrelated pods for the second column)")
+    print(report(results, args))
+
+
+def _verbs(counts: Counter[str] | None, per: int) -> str:
+    if counts is None:
+        return "-"
+    total = sum(counts.values()) / per
+    return f"{total:.1f}: " + " ".join(f"{verb} {count / per:.2f}" for verb, count in sorted(counts.items()))
+
+
+def report(results: list[Result], args: argparse.Namespace) -> str:
+    per = max(args.modelservers, 1)
+    rows: list[tuple[str, list[str]]] = [
+        ("scope", [r.scope for r in results]),
+        ("create->Deployment p50 (ms)", [f"{percentile(r.latencies, 0.5):.0f}" for r in results]),
+        ("create->Deployment p99 (ms)", [f"{percentile(r.latencies, 0.99):.0f}" for r in results]),
+        ("create->Deployment max (ms)", [f"{max(r.latencies, default=float('nan')):.0f}" for r in results]),
+        ("Deployments missing after 300 s", [str(r.missing) for r in results]),
+        ("converged: last write after last create (s)", [f"{r.converged_s:.0f}" for r in results]),
+        ("requests per create (operator's own client)",
+         [_verbs(r.per_create if r.per_create_own is None else r.per_create_own, per) for r in results]),
+        ("requests per create (all, kopf's included)",
+         [_verbs(r.per_create, per) if r.per_create_own is not None else "-" for r in results]),
+        ("requests per idle minute", [_verbs(r.idle, 1) if args.idle else "-" for r in results]),
+        ("RSS before creates (MB)", [f"{r.rss_start:.0f}" for r in results]),
+        ("RSS converged (MB)", [f"{r.rss_end:.0f}" for r in results]),
+        ("RSS after idling (MB)", [f"{r.rss_idle:.0f}" for r in results]),
+        ("objects cached (pinserve's informer)",
+         [" ".join(f"{k} {v}" for k, v in r.cached.items()) or "-" for r in results]),
+    ]
+    base = next((r for r in results if r.label == "pinserve"), None)
+    noisy = next((r for r in results if r.label.startswith("+")), None)
+    old = next((r for r in results if r.label == "baseline"), None)
+    old_noisy = next((r for r in results if r.label.startswith("baseline +")), None)
+    added = {}
+    for clean, dirty in ((base, noisy), (old, old_noisy)):
+        if clean is not None and dirty is not None:
+            added[dirty.label] = (f"{dirty.rss_start - clean.rss_start:+.0f} before creates, "
+                                  f"{dirty.rss_end - clean.rss_end:+.0f} converged")
+    if added:
+        rows.append(("RSS added by unrelated pods (MB)", [added.get(r.label, "") for r in results]))
+    floor = next((r for r in results if r.label == "kopf floor"), None)
+    if floor is not None and floor.latencies:
+        rows.append(("p50 / floor p50", [f"{percentile(r.latencies, 0.5) / percentile(floor.latencies, 0.5):.2f}x"
+                                         for r in results]))
+    header = ("", [r.label for r in results])
+    width = max(len(name) for name, _ in [header, *rows])
+    cols = [max(len(row[1][i]) if i < len(row[1]) else 0 for row in [header, *rows]) for i in range(len(results))]
+    lines = []
+    for name, values in [header, *rows]:
+        cells = "  ".join(v.ljust(cols[i]) for i, v in enumerate(values))
+        lines.append(f"  {name.ljust(width)}  {cells}".rstrip())
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -170,9 +313,16 @@ def main() -> None:
     parser.add_argument("--modelservers", type=int, default=1000)
     parser.add_argument("--nodes", type=int, default=200)
     parser.add_argument("--rate", type=float, default=10.0, help="creates per second")
+    parser.add_argument("--unrelated-pods", type=int, default=5000,
+                        help="bare pods not pinserve's, created before the second run")
+    parser.add_argument("--variants", default="pinserve,unrelated,floor",
+                        help="which columns to run (comma-separated: pinserve, unrelated, floor)")
+    parser.add_argument("--baseline-src", help="also run the operator from this source tree (without and with "
+                        "the unrelated pods), e.g. an older commit's `git archive`")
     parser.add_argument("--settle", type=float, default=15.0,
                         help="seconds without operator writes that count as converged")
-    parser.add_argument("--idle", type=float, default=60.0, help="seconds of idling to count no-op requests")
+    parser.add_argument("--idle", type=float, default=30.0, help="seconds of idling to count no-op requests")
+    parser.add_argument("--state-dir", help="the cluster's state directory (default: <cache>/cluster-bench)")
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
     asyncio.run(run(parser.parse_args()))
 

@@ -6,6 +6,7 @@ Ready=False ApiError (verb, object, answer) in the status written, an Event, and
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -105,14 +106,40 @@ def ready(server: FakeApiServer) -> dict[str, Any]:
     return dict(next(c for c in conditions if c["type"] == "Ready"))
 
 
-async def test_a_conflict_on_apply_is_retried_after_a_re_read(
+async def test_a_create_reads_nothing_first(
+        fake: tuple[Controller, FakeApiServer, list[float]], snapshot: Snapshot) -> None:
+    controller, server, _ = fake
+    await controller.sync(("ml", "rfcn"), snapshot)
+    assert [m for m, _ in server.seen if m == "GET"] == []
+    applies = [p for m, p in server.seen if m == "PATCH" and not p.endswith("/status")]
+    assert len(applies) == 3  # Deployment, Service, ConfigMap: one create-only apply each
+
+
+async def test_a_create_that_finds_the_object_gone_again_creates_at_once(
         fake: tuple[Controller, FakeApiServer, list[float]], snapshot: Snapshot) -> None:
     controller, server, waits = fake
     server.apply_answers[DEPLOYMENT] = [(409, {}), (200, {})]
     outcome = await controller.sync(("ml", "rfcn"), snapshot)
     assert outcome is not None and outcome.requeue_after is None
     calls = [c for c in server.seen if c[1] == DEPLOYMENT]
-    assert calls == [("GET", DEPLOYMENT), ("PATCH", DEPLOYMENT), ("GET", DEPLOYMENT), ("PATCH", DEPLOYMENT)]
+    assert calls == [("PATCH", DEPLOYMENT), ("GET", DEPLOYMENT), ("PATCH", DEPLOYMENT)]
+    assert waits == []
+    assert ready(server)["reason"] != "ApiError"
+
+
+async def test_a_conflict_on_apply_is_retried_after_a_re_read(
+        fake: tuple[Controller, FakeApiServer, list[float]], snapshot: Snapshot) -> None:
+    controller, server, waits = fake
+    assert snapshot.body is not None
+    ours = {"kind": "Deployment", "metadata": {"name": "rfcn", "namespace": "ml", "resourceVersion": "5",
+            "ownerReferences": [{"controller": True, "uid": snapshot.body["metadata"]["uid"]}]}}
+    snapshot.observed = Observed(children={("Deployment", "rfcn"): ours})
+    server.get_answers[DEPLOYMENT] = ours
+    server.apply_answers[DEPLOYMENT] = [(409, {}), (200, {})]
+    outcome = await controller.sync(("ml", "rfcn"), snapshot)
+    assert outcome is not None and outcome.requeue_after is None
+    calls = [c for c in server.seen if c[1] == DEPLOYMENT]
+    assert calls == [("PATCH", DEPLOYMENT), ("GET", DEPLOYMENT), ("PATCH", DEPLOYMENT)]
     assert waits == [0.125]
     assert ready(server)["reason"] != "ApiError"
 
@@ -204,3 +231,57 @@ def test_the_index_is_trusted_again_once_it_shows_our_status_write(delivered: st
     fresh = controller._fresh_body(("ml", "rfcn"), body)
     assert (fresh["status"] == body["status"]) is trusted
     assert (("ml", "rfcn") in controller.written) is not trusted
+
+
+async def test_a_status_change_is_held_back_then_written_as_it_then_is(
+        fake: tuple[Controller, FakeApiServer, list[float]], snapshot: Snapshot) -> None:
+    controller, server, _ = fake
+    controller.status_coalesce = 0.2
+    outcome = await controller.sync(("ml", "rfcn"), snapshot)
+    assert server.statuses == [] and server.events == []  # nothing urgent: held back, announced later
+    assert outcome is not None and outcome.requeue_after is not None and 0 < outcome.requeue_after <= 0.21
+    again = await controller.sync(("ml", "rfcn"), snapshot)  # another event meanwhile: still held
+    assert server.statuses == [] and again is not None and again.requeue_after is not None
+    await asyncio.sleep(again.requeue_after)
+    done = await controller.sync(("ml", "rfcn"), snapshot)
+    assert len(server.statuses) == 1 and done is not None and done.requeue_after is None
+    assert [e["reason"] for e in server.events] == ["Planned"]
+
+
+async def test_a_failure_is_written_at_once(
+        fake: tuple[Controller, FakeApiServer, list[float]], snapshot: Snapshot) -> None:
+    controller, server, _ = fake
+    controller.status_coalesce = 60.0
+    server.apply_answers[DEPLOYMENT] = [(409, {}), (200, {})]
+    server.taken_on_apply = True
+    await controller.sync(("ml", "rfcn"), snapshot)
+    assert ready(server)["reason"] == "NameConflict"
+
+
+@pytest.mark.parametrize(("reason", "status", "urgent", "held"), [
+    ("Deploying", "False", False, True),
+    ("PodsNotReady", "False", False, True),
+    ("RollingOut", "False", False, True),
+    ("PodsNotReady", "False", True, False),  # a Warning or a failure goes out at once
+    ("Available", "True", False, False),  # settled: written as soon as it is seen
+    ("NotPlaced", "False", False, False),
+])
+def test_only_progress_is_held_back(reason: str, status: str, urgent: bool, held: bool) -> None:
+    controller = Controller(api=None, settings=Settings(), status_coalesce=5.0)  # type: ignore[arg-type]
+    desired = {"conditions": [{"type": "Ready", "status": status, "reason": reason}]}
+    wait = controller._coalesce(("ml", "rfcn"), {"status": {}}, desired, urgent)
+    assert (wait is not None) == held
+    assert wait is None or 4.9 < wait <= 5.0
+    assert (("ml", "rfcn") in controller.status_due) == held
+    # Nothing to write: nothing held.
+    assert controller._coalesce(("ml", "rfcn"), {"status": desired}, desired, urgent) is None
+
+
+def test_a_create_only_apply_carries_a_resource_version_no_object_has() -> None:
+    from pinserve.controller import CREATE_ONLY_RESOURCE_VERSION, create_only  # noqa: PLC0415
+
+    obj = {"kind": "Service", "metadata": {"name": "rfcn", "namespace": "ml", "labels": {"a": "b"}}}
+    made = create_only(obj)
+    assert made["metadata"] == {**obj["metadata"], "resourceVersion": CREATE_ONLY_RESOURCE_VERSION}
+    assert "resourceVersion" not in obj["metadata"]  # the desired object is left alone
+    assert int(CREATE_ONLY_RESOURCE_VERSION) == 2**64 - 1

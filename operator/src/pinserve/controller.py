@@ -1,7 +1,9 @@
 """Carries out reconcile Outcomes: apply, delete, status, events — serialised per ModelServer.
 
-Observations come from kopf indices (filled by watches), so a reconcile makes no reads;
-writes happen only for what differs, which makes a no-op resync free.
+Observations come from kopf indices and the label-filtered caches (pinserve.informer), so a reconcile
+makes no reads; writes happen only for what differs, which makes a no-op resync free. A child missing
+from the caches is created with a create-only apply; only a 409 makes it read the object (NameConflict
+or adopt).
 
 API errors: KubeApi retries 429/5xx/timeouts itself (pinserve.retry); a 409 Conflict on an apply is
 retried here after re-reading the object; what still fails becomes ``Ready=False`` reason ``ApiError``
@@ -36,6 +38,8 @@ log = logging.getLogger("pinserve")
 Key = tuple[str, str]  # (namespace, ModelServer name)
 IN_FLIGHT_SECONDS = 10.0
 CONFLICT_ATTEMPTS = 3  # applies answered 409 Conflict: re-read and try again, this many tries in all
+# Ready=False reasons that only say "on its way": their status writes may wait (Controller.status_coalesce).
+PROGRESS_REASONS = frozenset({"Deploying", "RollingOut", "PodsNotReady"})
 API_ERROR_REQUEUE = 5.0  # seconds before reconciling again after an API error, doubled per consecutive one
 
 
@@ -95,6 +99,10 @@ class Controller:
     applied: dict[tuple[str, str, str], tuple[str | None, float]] = field(default_factory=dict)
     # Consecutive reconciles of a key that ended in an API error: the backoff before the next one.
     api_failures: dict[Key, int] = field(default_factory=dict)
+    # Progress (PROGRESS_REASONS, no failure, no Warning) is written at the latest this long after it is first
+    # seen, as it then is; a settled status at once: a starting pod's transitions cost one write. 0: no holding.
+    status_coalesce: float = 0.0
+    status_due: dict[Key, float] = field(default_factory=dict)
     reconciles: int = 0
     # For the metrics: reconciles by result (ok, error) and errors by reason (the Ready=False reason).
     results: Counter[str] = field(default_factory=Counter)
@@ -107,6 +115,7 @@ class Controller:
         self.locks.pop(key, None)
         self.written.pop(key, None)
         self.api_failures.pop(key, None)
+        self.status_due.pop(key, None)
         for k in [k for k in self.applied if (k[1], k[2]) == key or k[1:] == key]:
             self.applied.pop(k, None)
 
@@ -165,6 +174,14 @@ class Controller:
                 )
                 if (previous.get("reason"), previous.get("message")) != (failure.reason, failure.message):
                     outcome.events.append(EventSpec("Warning", failure.reason, failure.message))
+            urgent = failed_reason is not None or any(e.type == "Warning" for e in outcome.events)
+            wait = self._coalesce(key, body, desired, urgent)
+            if wait is not None:
+                # Nothing a user must see at once: write (and announce) the state it settles in shortly.
+                self.results["ok"] += 1
+                again = self._requeue(key, outcome.requeue_after, None)
+                wait = wait if again is None else min(again, wait)
+                return dataclasses.replace(outcome, events=[], requeue_after=wait)
             try:
                 await self._write_status(key, body, desired)
             except ApiError as exc:
@@ -177,6 +194,25 @@ class Controller:
             for event in outcome.events:
                 await self._post_event(body, event)
             return dataclasses.replace(outcome, requeue_after=self._requeue(key, outcome.requeue_after, api_error))
+
+    def _coalesce(self, key: Key, body: Mapping[str, Any], desired: Mapping[str, Any], urgent: bool) -> float | None:
+        """Seconds to hold a status write back, or None to write now.
+
+        Only progress is held back (Ready=False while deploying or rolling out, nothing failing): a start
+        that settles within ``status_coalesce`` costs one status write, made as soon as it settles.
+        """
+        ready: Mapping[str, Any] = next((c for c in desired.get("conditions") or [] if c.get("type") == "Ready"), {})
+        settled = ready.get("status") == "True" or ready.get("reason") not in PROGRESS_REASONS
+        if self.status_coalesce <= 0 or urgent or settled or \
+                status_writer.status_patch(body.get("status"), desired) is None:
+            self.status_due.pop(key, None)
+            return None
+        now = time.monotonic()
+        due = self.status_due.setdefault(key, now + self.status_coalesce)
+        if now >= due:
+            del self.status_due[key]
+            return None
+        return due - now
 
     def _requeue(self, key: Key, wanted: float | None, api_error: float | None) -> float | None:
         """When to come back: the core's bounded wait, or a growing, jittered backoff after an API error."""
@@ -193,31 +229,19 @@ class Controller:
         """Apply and delete what the Outcome says; raises _CarryOutError with the condition when something cannot be."""
         ms = outcome.modelserver
         owner_uid = ms.ref.uid if ms else ""
-        for obj in outcome.apply:
-            if self._in_flight(obj, observed):
-                continue
-            meta = obj["metadata"]
-            kind, namespace, name = obj["kind"], meta["namespace"], meta["name"]
-            live = observed.children.get((kind, name))
-            try:
-                if live is None:
-                    # Not in our indices, so not ours: one read, only before a create, so that a
-                    # same-named object of someone else's is never overwritten by the apply.
-                    live = await self.api.get(kind, namespace, name)
-                self._check_owner(obj, live, owner_uid)
-                log.info("applying %s %s/%s (%s)", kind, namespace, name,
-                         "create" if live is None else "drifted from the desired state")
-                await self._apply(obj, owner_uid)
-            except ApiError as exc:
-                if exc.is_client_error:
-                    # The API server refused what the spec produced: say so, never crash-loop.
-                    raise _CarryOutError(Condition("Ready", "False", "ApplyFailed",
-                                                   f"{kind} {name} was refused: {exc.message}")) from None
-                raise _CarryOutError(api_error_condition("apply", kind, namespace, name, exc),
-                                     exc.retry_after) from None
-            self.applied[(kind, namespace, name)] = (
-                (live or {}).get("metadata", {}).get("resourceVersion"), time.monotonic()
-            )
+        if ms is not None:
+            # Children the cache shows in sync: our apply came back, so a later absence is a deletion to repair.
+            stale = {(o["kind"], o["metadata"]["name"]) for o in outcome.apply}
+            for kind, name in observed.children:
+                if (kind, name) not in stale:
+                    self.applied.pop((kind, ms.ref.namespace, name), None)
+        # The children are independent objects: applied side by side (one round trip, not one per child).
+        todo = [obj for obj in outcome.apply if not self._in_flight(obj, observed)]
+        answers = await asyncio.gather(*(self._apply_child(obj, observed, owner_uid) for obj in todo),
+                                       return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer  # the first in apply order says why
         for kind, name in outcome.delete:
             if ms is None:
                 continue
@@ -227,6 +251,27 @@ class Controller:
                 raise _CarryOutError(api_error_condition("delete", kind, ms.ref.namespace, name, exc),
                               exc.retry_after) from None
 
+    async def _apply_child(self, obj: Mapping[str, Any], observed: Observed, owner_uid: str) -> None:
+        meta = obj["metadata"]
+        kind, namespace, name = obj["kind"], meta["namespace"], meta["name"]
+        live = observed.children.get((kind, name))
+        try:
+            self._check_owner(obj, live, owner_uid)
+            log.info("applying %s %s/%s (%s)", kind, namespace, name,
+                     "create" if live is None else "drifted from the desired state")
+            # Not in the label-filtered cache: create only (never overwrite someone else's object).
+            await self._apply(obj, owner_uid, create=live is None)
+        except ApiError as exc:
+            if exc.is_client_error:
+                # The API server refused what the spec produced: say so, never crash-loop.
+                raise _CarryOutError(Condition("Ready", "False", "ApplyFailed",
+                                               f"{kind} {name} was refused: {exc.message}")) from None
+            raise _CarryOutError(api_error_condition("apply", kind, namespace, name, exc),
+                                 exc.retry_after) from None
+        self.applied[(kind, namespace, name)] = (
+            (live or {}).get("metadata", {}).get("resourceVersion"), time.monotonic()
+        )
+
     @staticmethod
     def _check_owner(obj: Mapping[str, Any], live: Mapping[str, Any] | None, owner_uid: str) -> None:
         if live is not None and not controlled_by(live, owner_uid):
@@ -235,21 +280,30 @@ class Controller:
                                     "owned by this ModelServer; pinserve leaves it alone (rename the ModelServer "
                                     "or remove it)"))
 
-    async def _apply(self, obj: Mapping[str, Any], owner_uid: str) -> None:
-        """Server-side apply; a 409 Conflict is answered by re-reading the object (still ours?) and trying again."""
+    async def _apply(self, obj: Mapping[str, Any], owner_uid: str, *, create: bool = False) -> None:
+        """Server-side apply; a 409 Conflict is answered by re-reading the object (still ours?) and trying again.
+
+        ``create``: the object is not in the cache, so it is either absent or not pinserve's (a foreign or
+        unlabelled object of the same name). The apply then carries a resourceVersion no object can have:
+        the server creates the object, as an apply, or answers 409 when one exists. Only then is it read,
+        to tell a NameConflict from an object of ours to adopt — no read before an ordinary create.
+        """
         meta = obj["metadata"]
         for attempt in range(CONFLICT_ATTEMPTS):
             try:
-                await self.api.apply(obj)
+                await self.api.apply(create_only(obj) if create else obj)
                 return
             except ApiError as exc:
                 if exc.status != 409 or attempt + 1 == CONFLICT_ATTEMPTS:
                     exc.attempts = max(exc.attempts, attempt + 1)
                     raise
-                log.info("conflict applying %s %s/%s (%s); re-reading it", obj["kind"], meta["namespace"],
-                         meta["name"], exc.message)
-            await self.api.sleep(self.api.retry.backoff(attempt, self.api.rand()))
-            self._check_owner(obj, await self.api.get(obj["kind"], meta["namespace"], meta["name"]), owner_uid)
+                log.info("%s %s %s/%s (%s); re-reading it", "creating" if create else "conflict applying",
+                         obj["kind"], meta["namespace"], meta["name"], exc.message)
+            if not create:  # an object that exists already needs no wait: it is read at once
+                await self.api.sleep(self.api.retry.backoff(attempt, self.api.rand()))
+            live = await self.api.get(obj["kind"], meta["namespace"], meta["name"])
+            self._check_owner(obj, live, owner_uid)
+            create = live is None
 
     async def _write_status(self, key: Key, body: Mapping[str, Any], desired: dict[str, Any]) -> None:
         current = body.get("status")
@@ -284,6 +338,15 @@ class Controller:
             })
         except ApiError as exc:
             log.warning("could not post event %s for %s: %s", event.reason, meta.get("name"), exc)
+
+
+# No object ever has this resourceVersion (the largest etcd revision): an apply carrying it creates or fails.
+CREATE_ONLY_RESOURCE_VERSION = "18446744073709551615"
+
+
+def create_only(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """``obj`` as an apply that only creates: 409 Conflict when an object of that name exists."""
+    return {**obj, "metadata": {**obj["metadata"], "resourceVersion": CREATE_ONLY_RESOURCE_VERSION}}
 
 
 def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:

@@ -134,6 +134,8 @@ def _transitions(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, An
             continue
         if cond["type"] in ("Benchmarked", "Tuned") and cond["status"] == "True":
             continue  # BenchmarkCompleted and TuningCompleted say it with the figures
+        if cond["reason"] == "Disabled" and cond["type"] not in before:
+            continue  # off from the start, as the spec says: not news
         normal = cond["status"] == "True" or cond["reason"] == "Disabled"
         kind = "Normal" if normal else "Warning"
         events.append(EventSpec(kind, cond["reason"], f"{cond['type']}={cond['status']}: {cond['message']}"))

@@ -16,6 +16,7 @@ from aiohttp import web
 from pinserve import kubelogin, metrics
 from pinserve.controller import Controller
 from pinserve.handlers import state
+from pinserve.informer import Informer
 from pinserve.kube import Credentials, KubeApi
 from pinserve.peering import Follower
 from pinserve.settings import Settings
@@ -24,6 +25,9 @@ log = logging.getLogger("pinserve")
 # Started with the operator, stopped at cleanup: the metrics endpoint and the peering follower.
 _METRICS: web.AppRunner | None = None
 _FOLLOWER: asyncio.Task[None] | None = None
+# How long a status that only says "progressing" may wait to be written (pinserve.controller.Controller):
+# a start that settles within it costs one status write. PINSERVE_STATUS_HOLD_SECONDS overrides it (0: off).
+STATUS_COALESCE_SECONDS = 10.0
 
 
 @kopf.on.login()
@@ -48,7 +52,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     operator_settings = Settings.from_env()
-    state.CONTROLLER = Controller(api=KubeApi(Credentials.from_environment()), settings=operator_settings)
+    state.CONTROLLER = Controller(api=KubeApi(Credentials.from_environment()), settings=operator_settings,
+                                  status_coalesce=float(os.environ.get("PINSERVE_STATUS_HOLD_SECONDS",
+                                                                       STATUS_COALESCE_SECONDS)))
+    await _start_informer(state.CONTROLLER.api, operator_settings.namespaces)
     state.RESYNC_TASK = asyncio.create_task(_resync_forever(operator_settings.resync_seconds))
     await _start_peering(settings, state.CONTROLLER.api, operator_settings.namespaces)
     await _start_metrics(operator_settings)
@@ -56,6 +63,19 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if stats_file:
         state.STATS_TASK = asyncio.create_task(_write_stats_forever(Path(stats_file)))
     log.info("pinserve started: %s", operator_settings)
+
+
+async def _start_informer(api: KubeApi, namespaces: tuple[str, ...]) -> None:
+    """The children pinserve owns, filtered by the API server; listed before any reconcile may run.
+
+    kopf starts its watches (and so calls the ModelServer handlers) only after the start-up handlers
+    return, and every reconcile also waits for ``primed``: a reconcile never sees an unlisted cache.
+    """
+    state.INFORMER = Informer(api, state.children_changed, namespaces=namespaces)
+    state.INFORMER.start()
+    while not await state.INFORMER.wait_primed(timeout=30):
+        log.warning("still listing the objects pinserve owns (%s)", state.INFORMER.sizes())
+    log.info("caches primed: %s", state.INFORMER.sizes())
 
 
 async def _start_peering(settings: kopf.OperatorSettings, api: KubeApi, namespaces: tuple[str, ...]) -> None:
@@ -108,8 +128,9 @@ async def _write_stats_forever(path: Path) -> None:
         controller = state.CONTROLLER
         if controller is not None:
             tmp = path.with_suffix(".tmp")
+            cached = state.INFORMER.sizes() if state.INFORMER is not None else {}
             tmp.write_text(json.dumps({"requests": dict(controller.api.requests),
-                                       "reconciles": controller.reconciles}))
+                                       "reconciles": controller.reconciles, "cached": cached}))
             tmp.replace(path)
         await asyncio.sleep(1)
 
@@ -126,6 +147,8 @@ async def shutdown(**_: Any) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     _FOLLOWER = None
+    if state.INFORMER is not None:
+        await state.INFORMER.stop()
     if state.CONTROLLER is not None:
         await state.CONTROLLER.api.close()
     state.reset()

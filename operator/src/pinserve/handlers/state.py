@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pinserve.controller import Controller, Key, Snapshot, observed_for
+from pinserve.informer import Informer
 from pinserve.metrics import Histogram
 from pinserve.planning import NodeInfo
 from pinserve.workqueue import KeyedQueue
@@ -21,21 +22,23 @@ LEADING = True
 LATENCY = Histogram()
 # kopf hands indices to handlers only; the resync loop borrows them from the last handler call.
 INDICES: dict[str, Any] = {}
+# The children pinserve owns, from label-filtered list+watch caches (started at start-up, stopped at cleanup).
+INFORMER: Informer | None = None
 LAST_NODES: dict[str, NodeInfo] = {}
 
 MODELSERVER_INDEX = "pinserve_modelservers"
 NODE_INDEX = "pinserve_nodes"
-POD_INDEX = "pinserve_pods"
-CHILD_INDEXES = ("pinserve_deployments", "pinserve_services", "pinserve_configmaps", "pinserve_jobs")
-ALL_INDEXES = (MODELSERVER_INDEX, NODE_INDEX, POD_INDEX, *CHILD_INDEXES)
+ALL_INDEXES = (MODELSERVER_INDEX, NODE_INDEX)
+CHILD_KINDS = ("Deployment", "Service", "ConfigMap", "Job")
 
 
 def reset() -> None:
-    global CONTROLLER, RESYNC_TASK, STATS_TASK, QUEUE, LEADING, LATENCY  # noqa: PLW0603  (module state by design)
+    global CONTROLLER, RESYNC_TASK, STATS_TASK, QUEUE, LEADING, LATENCY, INFORMER  # noqa: PLW0603  (module state by design)
     if QUEUE is not None:
         QUEUE.cancel()
     QUEUE = None
     CONTROLLER = None
+    INFORMER = None
     RESYNC_TASK = None
     STATS_TASK = None
     LEADING = True
@@ -71,8 +74,9 @@ def modelserver_body(key: Key) -> Mapping[str, Any] | None:
 
 
 def snapshot(key: Key) -> Snapshot:
-    children = [obj for name in CHILD_INDEXES for obj in _values(INDICES.get(name), key)]
-    pods = _values(INDICES.get(POD_INDEX), key)
+    informer = INFORMER
+    children = [obj for kind in CHILD_KINDS for obj in informer.owned_by(kind, key)] if informer else []
+    pods = informer.owned_by("Pod", key) if informer else []
     return Snapshot(
         body=modelserver_body(key),
         nodes=nodes(),
@@ -82,6 +86,8 @@ def snapshot(key: Key) -> Snapshot:
 
 async def _reconcile(key: Key) -> None:
     # The snapshot is taken when the work runs, so a coalesced burst sees its latest event.
+    if INFORMER is not None:
+        await INFORMER.primed.wait()  # never judge from caches not yet listed (start-up waits for this too)
     if CONTROLLER is not None and LEADING:
         started = time.monotonic()
         try:
@@ -107,6 +113,13 @@ def queue() -> KeyedQueue[Key]:
 def trigger(key: Key) -> None:
     if CONTROLLER is not None:
         queue().trigger(key)
+
+
+def children_changed(keys: Iterable[Key]) -> None:
+    """The informer saw owned objects change: reconcile their ModelServers (those that exist)."""
+    for key in keys:
+        if modelserver_body(key) is not None:
+            trigger(key)
 
 
 def forget(key: Key) -> None:

@@ -1,73 +1,28 @@
-"""Watches: indices over everything a reconcile reads, and events that trigger it."""
+"""Watches: kopf indices over ModelServers and nodes, and the events that trigger a reconcile."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from pinserve.api import GROUP, PLURAL, VERSION
+from pinserve.childcache import plain, pod_essentials
 from pinserve.handlers import state
 from pinserve.planning import NodeInfo, node_info
-from pinserve.render.common import LABEL_MANAGED_BY, LABEL_MODELSERVER
 
 log = logging.getLogger("pinserve")
-MANAGED: Mapping[str, Any] = {LABEL_MANAGED_BY: "pinserve", LABEL_MODELSERVER: kopf.PRESENT}
 
 
-def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A trimmed copy for the indices: managedFields are large and never read."""
-    obj = dict(body)
-    meta = dict(obj.get("metadata") or {})
-    meta.pop("managedFields", None)
-    obj["metadata"] = meta
-    return obj
+# Kept under their old names: the trimmed forms the child caches keep (pinserve.childcache).
+_plain = plain
+_pod_essentials = pod_essentials
 
 
-def _pod_essentials(body: Mapping[str, Any]) -> dict[str, Any]:
-    """Only what status, pinning, pod failures and the benchmark read of a pod: pods are the largest index."""
-    meta = body.get("metadata") or {}
-    status = body.get("status") or {}
-
-    def containers(key: str) -> list[dict[str, Any]]:
-        keep = ("name", "image", "ready", "restartCount", "state", "lastState")
-        return [{k: c[k] for k in keep if k in c} for c in status.get(key) or []]
-
-    return {
-        "metadata": {
-            "name": meta.get("name"),
-            "namespace": meta.get("namespace"),
-            "creationTimestamp": meta.get("creationTimestamp"),
-            "labels": dict(meta.get("labels") or {}),
-            "annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith("pinserve.io/")},
-            # Which ReplicaSet made it: only the Deployment's own rejected pods are ever deleted.
-            "ownerReferences": [{k: r.get(k) for k in ("kind", "name", "controller")}
-                                for r in meta.get("ownerReferences") or []],
-            **({"deletionTimestamp": meta["deletionTimestamp"]} if meta.get("deletionTimestamp") else {}),
-        },
-        "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
-        "status": {
-            "phase": status.get("phase"),
-            # Set on a pod the kubelet rejected at admission (SMTAlignmentError, OutOfcpu, ...) or evicted.
-            "reason": status.get("reason"),
-            "message": status.get("message"),
-            "qosClass": status.get("qosClass"),
-            "podIP": status.get("podIP"),
-            "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message", "lastTransitionTime")}
-                           for c in status.get("conditions") or []],
-            "initContainerStatuses": containers("initContainerStatuses"),
-            "containerStatuses": containers("containerStatuses"),
-        },
-    }
-
-
-def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> tuple[str, str]:
-    return (namespace or "", labels[LABEL_MODELSERVER])
-
-
-# ---- indices (kopf primes them all before any handler runs) --------------------------------
+# ---- indices (kopf primes them before any handler runs) -----------------------------------------
+# ModelServers and nodes are kopf's; the children pinserve owns come from label-filtered list+watch caches
+# (pinserve.informer, started at start-up): kopf would watch every pod of the cluster and filter here.
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -78,31 +33,6 @@ def pinserve_modelservers(**kw: Any) -> Any:
 @kopf.index("nodes")
 def pinserve_nodes(**kw: Any) -> Any:
     return {kw["name"]: node_info(kw["body"])}
-
-
-@kopf.index("v1", "pods", labels=MANAGED)
-def pinserve_pods(**kw: Any) -> Any:
-    return {_owner_key(kw["namespace"], kw["labels"]): _pod_essentials(kw["body"])}
-
-
-@kopf.index("apps", "v1", "deployments", labels=MANAGED)
-def pinserve_deployments(**kw: Any) -> Any:
-    return {_owner_key(kw["namespace"], kw["labels"]): _plain(kw["body"])}
-
-
-@kopf.index("v1", "services", labels=MANAGED)
-def pinserve_services(**kw: Any) -> Any:
-    return {_owner_key(kw["namespace"], kw["labels"]): _plain(kw["body"])}
-
-
-@kopf.index("v1", "configmaps", labels=MANAGED)
-def pinserve_configmaps(**kw: Any) -> Any:
-    return {_owner_key(kw["namespace"], kw["labels"]): _plain(kw["body"])}
-
-
-@kopf.index("batch", "v1", "jobs", labels=MANAGED)
-def pinserve_jobs(**kw: Any) -> Any:
-    return {_owner_key(kw["namespace"], kw["labels"]): _plain(kw["body"])}
 
 
 # ---- triggers --------------------------------------------------------------------------------
@@ -116,38 +46,6 @@ async def modelserver_changed(**kwargs: Any) -> None:
         state.forget(key)
         return  # owner references let the garbage collector remove the children
     state.trigger(key)
-
-
-async def _child_changed(kwargs: Mapping[str, Any]) -> None:
-    state.remember(kwargs)
-    key = _owner_key(kwargs["namespace"], kwargs["labels"])
-    if state.modelserver_body(key) is not None:
-        state.trigger(key)
-
-
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-async def deployment_changed(**kwargs: Any) -> None:
-    await _child_changed(kwargs)
-
-
-@kopf.on.event("v1", "services", labels=MANAGED)
-async def service_changed(**kwargs: Any) -> None:
-    await _child_changed(kwargs)
-
-
-@kopf.on.event("v1", "configmaps", labels=MANAGED)
-async def configmap_changed(**kwargs: Any) -> None:
-    await _child_changed(kwargs)
-
-
-@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-async def job_changed(**kwargs: Any) -> None:
-    await _child_changed(kwargs)
-
-
-@kopf.on.event("v1", "pods", labels=MANAGED)
-async def pod_changed(**kwargs: Any) -> None:
-    await _child_changed(kwargs)
 
 
 @kopf.on.event("nodes")

@@ -1,0 +1,138 @@
+"""Label-filtered list+watch of the kinds pinserve owns (an informer): the API server does the filtering.
+
+Per kind (and per namespace when the operator is restricted to some): list with
+:data:`pinserve.childcache.SELECTOR`, then watch from the list's resourceVersion with bookmarks,
+re-watching from the last resourceVersion seen when the server ends the stream, relisting when it
+says the resourceVersion expired (410 Gone, or any ERROR event), backing off on failures. Each change
+calls ``on_change`` with the ModelServers it concerns.
+
+``primed`` is set once every store has been listed: reconciles wait for it, so a reconcile never
+judges from an empty cache (and never re-creates what already exists).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from pinserve.childcache import SELECTOR, Change, Key, Store, new_stores
+from pinserve.kube import ApiError, KubeApi
+
+log = logging.getLogger("pinserve")
+
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 60.0
+WATCH_TIMEOUT = 300
+
+
+class Informer:
+    """Fills ``stores`` from the API server; ``namespaces`` empty means the whole cluster."""
+
+    def __init__(self, api: KubeApi, on_change: Callable[[Iterable[Key]], None], *,
+                 namespaces: tuple[str, ...] = (), stores: dict[str, Store] | None = None,
+                 watch_timeout: int = WATCH_TIMEOUT,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.api = api
+        self.on_change = on_change
+        self.stores = stores if stores is not None else new_stores()
+        self.namespaces: tuple[str | None, ...] = namespaces or (None,)
+        self.watch_timeout = watch_timeout
+        self.sleep = sleep  # injected for tests
+        self.primed = asyncio.Event()
+        self.relists = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        # One store per (kind, namespace) stream; reads go through the merged per-kind view below.
+        self._streams: dict[tuple[str, str | None], Store] = {}
+        self._listed: set[tuple[str, str | None]] = set()
+
+    # -- reads (what state.snapshot needs) -------------------------------------------------------------
+
+    def _store(self, kind: str, namespace: str) -> Store | None:
+        found = self._streams.get((kind, None))  # the whole cluster, or the namespace's own stream
+        return found if found is not None else self._streams.get((kind, namespace))
+
+    def owned_by(self, kind: str, key: Key) -> list[dict[str, Any]]:
+        store = self._store(kind, key[0])
+        return store.owned_by(key) if store is not None else []
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        store = self._store(kind, namespace)
+        return store.get(namespace, name) if store is not None else None
+
+    def sizes(self) -> dict[str, int]:
+        counts: dict[str, int] = dict.fromkeys(self.stores, 0)
+        for (kind, _), store in self._streams.items():
+            counts[kind] += len(store)
+        return counts
+
+    def foreign(self) -> int:
+        """Objects received that are not pinserve's: stays 0 while the API server filters."""
+        return sum(store.foreign for store in self._streams.values())
+
+    # -- running ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for kind, template in self.stores.items():
+            for ns in self.namespaces:
+                store = template if len(self.namespaces) == 1 else Store(kind, template.trim)
+                self._streams[(kind, ns)] = store
+                self._tasks.append(asyncio.create_task(self._run(kind, ns, store), name=f"informer-{kind}-{ns}"))
+
+    async def wait_primed(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self.primed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def _notify(self, change: Change) -> None:
+        if change.keys:
+            self.on_change(change.keys)
+
+    async def _list(self, kind: str, ns: str | None, store: Store) -> None:
+        answer = await self.api.list_object(kind, ns, label_selector=SELECTOR)
+        change = store.replace(answer.get("items") or [], (answer.get("metadata") or {}).get("resourceVersion"))
+        self.relists += 1
+        self._listed.add((kind, ns))
+        if len(self._listed) == len(self._streams):
+            self.primed.set()
+        self._notify(change)
+
+    async def _watch(self, kind: str, ns: str | None, store: Store) -> None:
+        """Follow events until the stream ends (re-watch) or the store asks for a relist."""
+        async for event in self.api.watch(kind, ns, label_selector=SELECTOR, resource_version=store.resource_version,
+                                          timeout_seconds=self.watch_timeout):
+            change = store.handle(event)
+            if change.relist:
+                status = event.get("object") or {}
+                log.info("%s watch: %s %s; listing again", kind, status.get("code"), status.get("reason"))
+                return
+            self._notify(change)
+
+    async def _run(self, kind: str, ns: str | None, store: Store) -> None:
+        backoff = BACKOFF_FIRST
+        while True:
+            try:
+                if store.resource_version is None:
+                    await self._list(kind, ns, store)
+                await self._watch(kind, ns, store)
+                backoff = BACKOFF_FIRST
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the loop must survive any single failure
+                if isinstance(exc, ApiError) and exc.status == 410:
+                    store.resource_version = None
+                log.warning("%s list/watch failed (%s); again in %.0f s", kind, exc, backoff)
+                await self.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
