@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from test_tune_run import FAKE, REPO, _canned
 
-from pinserve.tuneflow import read_report
+from pinserve.trialpods import read_report
 from pinserve.tuning import Candidate, Objective, TrialStatus
 
 pytestmark = pytest.mark.unit
