@@ -235,8 +235,11 @@ async def run(args: argparse.Namespace) -> None:
             # pinserve watches the noise namespace in every run: the only difference is the pods in it.
             scoped = {**env, "PINSERVE_NAMESPACES": f"{ns},{NOISE_NAMESPACE}"}
             scope = f"namespaces {ns},{NOISE_NAMESPACE}"
+            # Each tree with its own CRD: a newer one's defaults are fields an older operator refuses.
+            tree = Path(args.baseline_src).resolve() if variant.startswith("baseline") else REPO
+            kube.install_crd(tree / "crds/modelservers.pinserve.io.yaml", "modelservers.pinserve.io")
             if variant.startswith("baseline"):
-                src = str(Path(args.baseline_src).resolve() / "operator" / "src")
+                src = str(tree / "operator" / "src")
                 scoped["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
             label = {"pinserve": "pinserve", "unrelated": f"+{args.unrelated_pods} pods", "floor": "kopf floor",
                      "baseline": "baseline", "baseline-unrelated": f"baseline +{args.unrelated_pods}"}[variant]
