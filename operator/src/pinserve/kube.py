@@ -27,6 +27,7 @@ from typing import Any
 import httpx2 as httpx
 import lightkube
 from lightkube import ConfigError
+from lightkube.config import client_adapter
 from lightkube.config.kubeconfig import DEFAULT_KUBECONFIG, KubeConfig, SingleConfig
 from lightkube.config.models import Cluster, User
 from lightkube.core.generic_client import ALL_NS, BasicRequest, GenericAsyncClient
@@ -38,6 +39,9 @@ from pinserve.retry import TRANSPORT, RetryPolicy, next_wait, parse_retry_after,
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
+
+# Connections to the API server, all kept alive (the earlier aiohttp client's limit).
+POOL_CONNECTIONS = 64
 
 class ApiError(Exception):
     """A non-2xx answer; ``reason`` is the Status reason (NotFound, Conflict, Invalid, ...).
@@ -140,7 +144,13 @@ class KubeApi:
     def _lightkube(self) -> GenericAsyncClient:
         """The lightkube client (made on first use, in the running loop; again after ``close``)."""
         if self._client is None:
-            self._client = lightkube.AsyncClient(self.credentials.config, field_manager=MANAGER,
+            config = self.credentials.config
+            # httpx keeps 20 idle connections by default: a burst of side-by-side applies would close and
+            # re-open (a TLS handshake each) the rest. The transport keeps as many as it may open.
+            transport = httpx.AsyncHTTPTransport(
+                verify=client_adapter.verify_cluster(config.cluster, config.user or User(), config.abs_file),
+                limits=httpx.Limits(max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS))
+            self._client = lightkube.AsyncClient(config, field_manager=MANAGER, transport=transport,
                                                  timeout=httpx.Timeout(self._timeout))
         # AsyncClient's request engine: the public methods would send, decode and raise in one go, and its
         # watch loops forever; pinserve needs each try on its own (see the module's docstring).
