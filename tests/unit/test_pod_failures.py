@@ -262,7 +262,7 @@ def test_reconcile_reports_counts_announces_and_prunes(make_ms: Callable[..., di
 
 
 def test_the_pod_index_keeps_what_failures_are_read_from() -> None:
-    from pinserve.handlers.watches import _pod_essentials  # noqa: PLC0415
+    from pinserve.childcache import pod_essentials as _pod_essentials  # noqa: PLC0415
 
     body = pod(phase="Failed", reason="SMTAlignmentError", message="SMT Alignment Error",
                containers=[server(ready=False, state=waiting("ErrImagePull", "not found"), env=[{"name": "X"}])])

@@ -8,16 +8,11 @@ from typing import Any
 import kopf
 
 from pinserve.api import GROUP, PLURAL, VERSION
-from pinserve.childcache import plain, pod_essentials
+from pinserve.childcache import plain
 from pinserve.handlers import state
 from pinserve.planning import NodeInfo, node_info
 
 log = logging.getLogger("pinserve")
-
-
-# Kept under their old names: the trimmed forms the child caches keep (pinserve.childcache).
-_plain = plain
-_pod_essentials = pod_essentials
 
 
 # ---- indices (kopf primes them before any handler runs) -----------------------------------------
@@ -27,7 +22,7 @@ _pod_essentials = pod_essentials
 
 @kopf.index(GROUP, VERSION, PLURAL)
 def pinserve_modelservers(**kw: Any) -> Any:
-    return {(kw["namespace"], kw["name"]): _plain(kw["body"])}
+    return {(kw["namespace"], kw["name"]): plain(kw["body"])}
 
 
 @kopf.index("nodes")
