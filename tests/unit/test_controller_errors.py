@@ -245,7 +245,29 @@ async def test_a_status_change_is_held_back_then_written_as_it_then_is(
     await asyncio.sleep(again.requeue_after)
     done = await controller.sync(("ml", "rfcn"), snapshot)
     assert len(server.statuses) == 1 and done is not None and done.requeue_after is None
-    assert [e["reason"] for e in server.events] == ["Planned"]
+    assert server.events == []  # the first plan is no Event; progress (Deploying) neither
+
+
+async def test_each_further_progress_write_is_held_twice_as_long() -> None:
+    controller = Controller(api=None, settings=Settings(), status_coalesce=0.05)  # type: ignore[arg-type]
+    key = ("ml", "rfcn")
+    status = {"conditions": [{"type": "Ready", "status": "False", "reason": "Deploying"}]}
+    holds = []
+    for step in range(5):
+        progress = {"conditions": [{**status["conditions"][0], "message": f"step {step}"}]}
+        wait = controller._coalesce(key, {"status": status}, progress, False)
+        assert wait is not None
+        holds.append(round(wait / controller.status_coalesce))
+        await asyncio.sleep(wait)
+        assert controller._coalesce(key, {"status": status}, progress, False) is None  # due: written
+        status = progress
+    assert holds == [1, 2, 4, 6, 6]
+    # Settled: the next progress (a rollout) is held the first hold again.
+    ready = {"conditions": [{"type": "Ready", "status": "True", "reason": "Available"}]}
+    assert controller._coalesce(key, {"status": status}, ready, False) is None
+    rolling = {"conditions": [{"type": "Ready", "status": "False", "reason": "RollingOut"}]}
+    wait = controller._coalesce(key, {"status": ready}, rolling, False)
+    assert wait is not None and round(wait / controller.status_coalesce) == 1
 
 
 async def test_a_failure_is_written_at_once(

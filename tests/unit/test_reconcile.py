@@ -245,6 +245,18 @@ def test_losing_all_nodes_keeps_the_running_deployment(cluster: FakeCluster) -> 
     conds = conditions(outcome.status)
     assert conds["Placed"] == ("False", "NoNodes")
     assert conds["Ready"] == ("True", "Available")  # from the Deployment, not "NotPlaced"
+    assert ("Warning", "NoNodes") in [(e.type, e.reason) for e in outcome.events]
+
+
+def test_placed_again_after_losing_its_nodes_is_announced(cluster: FakeCluster) -> None:
+    nodes = cluster.nodes
+    assert cluster.step().events == []  # the first plan: no Event
+    cluster.nodes = []
+    assert "NoNodes" in [e.reason for e in cluster.step().events]
+    cluster.nodes = nodes
+    again = cluster.step()
+    assert conditions(again.status)["Placed"] == ("True", "Planned")
+    assert [(e.type, e.reason) for e in again.events] == [("Normal", "Planned")]
 
 
 # -- the happy path, step by step -------------------------------------------------------------------------
@@ -262,7 +274,7 @@ def test_life_of_a_modelserver(cluster: FakeCluster) -> None:
     assert conds["Benchmarked"] == ("Unknown", "WaitingForReady")
     assert first.status["placement"]["cpuRequest"] == 8 and first.status["placement"]["physicalCores"] == 4
     assert first.status["endpoints"] == {"grpc": "rfcn.ml.svc:8500", "rest": "http://rfcn.ml.svc:8501"}
-    assert [(e.type, e.reason) for e in first.events] == [("Normal", "Planned")]
+    assert first.events == []  # the first plan is what the create asked for: status, not an Event
 
     # 2. The server's version of what we applied is in sync: nothing to apply.
     second = cluster.step()

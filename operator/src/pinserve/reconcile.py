@@ -136,6 +136,8 @@ def _transitions(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, An
             continue  # BenchmarkCompleted and TuningCompleted say it with the figures
         if cond["reason"] == "Disabled" and cond["type"] not in before:
             continue  # off from the start, as the spec says: not news
+        if cond["type"] == "Placed" and cond["status"] == "True" and cond["type"] not in before:
+            continue  # the first plan is what a create asks for (status.placement holds it); a re-plan is news
         normal = cond["status"] == "True" or cond["reason"] == "Disabled"
         kind = "Normal" if normal else "Warning"
         events.append(EventSpec(kind, cond["reason"], f"{cond['type']}={cond['status']}: {cond['message']}"))
