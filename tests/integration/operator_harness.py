@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import yaml
 from kopf.testing import KopfRunner
 
@@ -82,6 +83,22 @@ def running_operator(kubeconfig: Path, namespace: str | None = None, **env: str)
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def operator_fixture(**env: str) -> Any:
+    """A module-scoped ``operator`` fixture: the CRD, the chart's RBAC, and the operator running under it
+    with ``env`` for the module; it must not have died of an exception by the module's end."""
+
+    @pytest.fixture(scope="module")
+    def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KopfRunner]:
+        install_crd(cluster)
+        kubeconfig = tmp_path_factory.mktemp("operator") / "kubeconfig"
+        install_operator_rbac(cluster, kubeconfig)
+        with running_operator(kubeconfig, **env) as runner:
+            yield runner
+        assert runner.exception is None, runner.exception
+
+    return operator
 
 
 def eventually(what: str, probe: Callable[[], T | None], timeout: float = 60, interval: float = 0.25) -> T:

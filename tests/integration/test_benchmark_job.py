@@ -7,7 +7,6 @@ termination message (annotation pinserve.io/fake-termination-message) or an exit
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,10 +14,8 @@ import yaml
 from operator_harness import (
     condition,
     eventually,
-    install_crd,
-    install_operator_rbac,
     modelserver,
-    running_operator,
+    operator_fixture,
 )
 
 pytestmark = pytest.mark.integration
@@ -31,16 +28,9 @@ REPORT = {
 }
 
 
-@pytest.fixture(scope="module")
-def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    install_crd(cluster)
-    kubeconfig = tmp_path_factory.mktemp("bench-operator") / "kubeconfig"
-    install_operator_rbac(cluster, kubeconfig)
-    with running_operator(kubeconfig, PINSERVE_RESYNC_SECONDS="2", PINSERVE_BENCH_RETRIES="1",
+operator = operator_fixture(PINSERVE_RESYNC_SECONDS="2", PINSERVE_BENCH_RETRIES="1",
                           PINSERVE_KEEP_BENCH_JOBS="2", PINSERVE_BENCH_UNSCHEDULABLE_SECONDS="3",
-                          PINSERVE_BENCH_REPORT_GRACE_SECONDS="3") as runner:
-        yield runner
-    assert runner.exception is None, runner.exception
+                          PINSERVE_BENCH_REPORT_GRACE_SECONDS="3")
 
 
 def bench_spec() -> dict[str, Any]:

@@ -9,8 +9,6 @@ ResourceQuota makes the Deployment's ReplicaFailure for real.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,10 +16,8 @@ import yaml
 from operator_harness import (
     condition,
     eventually,
-    install_crd,
-    install_operator_rbac,
     modelserver,
-    running_operator,
+    operator_fixture,
 )
 
 from pinserve.podfailures import KEEP_REJECTED
@@ -31,15 +27,8 @@ pytestmark = pytest.mark.integration
 REJECT = "pinserve-test/admission-reject"
 
 
-@pytest.fixture(scope="module")
-def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    install_crd(cluster)
-    kubeconfig: Path = tmp_path_factory.mktemp("failures-operator") / "kubeconfig"
-    install_operator_rbac(cluster, kubeconfig)
-    # The operator's default image stays tensorflow/serving:mkl (no PINSERVE_SERVER_IMAGE here).
-    with running_operator(kubeconfig, PINSERVE_RESYNC_SECONDS="2") as runner:
-        yield runner
-    assert runner.exception is None, runner.exception
+# The operator's default image stays tensorflow/serving:mkl (no PINSERVE_SERVER_IMAGE here).
+operator = operator_fixture(PINSERVE_RESYNC_SECONDS="2")
 
 
 def get_ms(cluster: Any, namespace: str, name: str) -> dict[str, Any]:

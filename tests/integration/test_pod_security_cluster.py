@@ -8,12 +8,15 @@ a ReplicaSet or Job controller that cannot make its pods records a FailedCreate 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
-from operator_harness import eventually, install_crd, install_operator_rbac, modelserver, running_operator
+from operator_harness import (
+    eventually,
+    modelserver,
+    operator_fixture,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -22,14 +25,7 @@ REPORT = {"latencyMs": {"p50": 1.0, "p90": 1.0, "p99": 1.0, "mean": 1.0, "max": 
           "errors": 0}
 
 
-@pytest.fixture(scope="module")
-def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    install_crd(cluster)
-    kubeconfig = tmp_path_factory.mktemp("psa-operator") / "kubeconfig"
-    install_operator_rbac(cluster, kubeconfig)
-    with running_operator(kubeconfig, PINSERVE_RESYNC_SECONDS="2") as runner:
-        yield runner
-    assert runner.exception is None, runner.exception
+operator = operator_fixture(PINSERVE_RESYNC_SECONDS="2")
 
 
 def failed_creates(cluster: Any, namespace: str) -> list[str]:

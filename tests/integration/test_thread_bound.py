@@ -7,13 +7,16 @@ affinity; the start script then caps the threads at the container's CPU limit, a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from operator_harness import condition, eventually, install_crd, install_operator_rbac, modelserver, running_operator
+from operator_harness import (
+    condition,
+    eventually,
+    modelserver,
+    operator_fixture,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -21,14 +24,7 @@ SMT_SNAPSHOT = "32intel64-2p8co2t+8ve"  # 2 x 8 cores x 2 threads: 16 physical c
 CPU_LIMIT_REF = {"containerName": "server", "resource": "limits.cpu", "divisor": "1m"}
 
 
-@pytest.fixture(scope="module")
-def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    install_crd(cluster)
-    kubeconfig: Path = tmp_path_factory.mktemp("operator") / "kubeconfig"
-    install_operator_rbac(cluster, kubeconfig)
-    with running_operator(kubeconfig, PINSERVE_RESYNC_SECONDS="2") as runner:
-        yield runner
-    assert runner.exception is None, runner.exception
+operator = operator_fixture(PINSERVE_RESYNC_SECONDS="2")
 
 
 def _ready(cluster: Any, namespace: str, name: str) -> dict[str, Any]:

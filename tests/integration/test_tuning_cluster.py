@@ -7,12 +7,16 @@ status.tuning, the Tuned condition, an Event and `kubectl get -o wide`."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
-from operator_harness import condition, eventually, install_crd, install_operator_rbac, modelserver, running_operator
+from operator_harness import (
+    condition,
+    eventually,
+    modelserver,
+    operator_fixture,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -21,14 +25,7 @@ LATENCY = {(2, 2): 4.0, (1, 1): 2.0, (1, 2): 3.0, (2, 1): 3.5}
 TUNING_LABEL = "app.kubernetes.io/component=tuning"
 
 
-@pytest.fixture(scope="module")
-def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    install_crd(cluster)
-    kubeconfig = tmp_path_factory.mktemp("tuning-operator") / "kubeconfig"
-    install_operator_rbac(cluster, kubeconfig)
-    with running_operator(kubeconfig, PINSERVE_RESYNC_SECONDS="2") as runner:
-        yield runner
-    assert runner.exception is None, runner.exception
+operator = operator_fixture(PINSERVE_RESYNC_SECONDS="2")
 
 
 def candidate(pod: dict[str, Any]) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from pinserve import controller as controller_module
 from pinserve.controller import Controller, Snapshot
 from pinserve.kube import Credentials, KubeApi
 from pinserve.planning import node_info
@@ -248,26 +249,41 @@ async def test_a_status_change_is_held_back_then_written_as_it_then_is(
     assert server.events == []  # the first plan is no Event; progress (Deploying) neither
 
 
-async def test_each_further_progress_write_is_held_twice_as_long() -> None:
-    controller = Controller(api=None, settings=Settings(), status_coalesce=0.05)  # type: ignore[arg-type]
+async def test_progress_is_shown_once_then_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow start: its progress is written after the first hold, then only when it settles or fails (or has
+    gone on for PROGRESS_REFRESH_FACTOR holds)."""
+    monkeypatch.setattr(controller_module, "PROGRESS_REFRESH_FACTOR", 3)
+    controller = Controller(api=None, settings=Settings(), status_coalesce=0.1)  # type: ignore[arg-type]
     key = ("ml", "rfcn")
-    status = {"conditions": [{"type": "Ready", "status": "False", "reason": "Deploying"}]}
-    holds = []
-    for step in range(5):
-        progress = {"conditions": [{**status["conditions"][0], "message": f"step {step}"}]}
-        wait = controller._coalesce(key, {"status": status}, progress, False)
-        assert wait is not None
-        holds.append(round(wait / controller.status_coalesce))
-        await asyncio.sleep(wait)
-        assert controller._coalesce(key, {"status": status}, progress, False) is None  # due: written
-        status = progress
-    assert holds == [1, 2, 4, 6, 6]
-    # Settled: the next progress (a rollout) is held the first hold again.
+
+    def progress(reason: str, message: str = "") -> dict[str, Any]:
+        return {"conditions": [{"type": "Ready", "status": "False", "reason": reason, "message": message}]}
+
+    shown: dict[str, Any] = {}
+    first = controller._coalesce(key, {"status": shown}, progress("Deploying"), False)
+    assert first is not None and 0.09 < first <= 0.1
+    await asyncio.sleep(first)
+    assert controller._coalesce(key, {"status": shown}, progress("RollingOut"), False) is None  # shown
+    shown = progress("RollingOut")
+    # The start moves on (another reason, another message): held for 3 holds now, not 1.
+    wait = controller._coalesce(key, {"status": shown}, progress("PodsNotReady", "0/1 replicas ready"), False)
+    assert wait is not None and 0.29 < wait <= 0.3
+    # ...but a failure or the end of it goes out at once.
+    assert controller._coalesce(key, {"status": shown}, progress("PodsNotReady"), True) is None
     ready = {"conditions": [{"type": "Ready", "status": "True", "reason": "Available"}]}
-    assert controller._coalesce(key, {"status": status}, ready, False) is None
-    rolling = {"conditions": [{"type": "Ready", "status": "False", "reason": "RollingOut"}]}
-    wait = controller._coalesce(key, {"status": ready}, rolling, False)
-    assert wait is not None and round(wait / controller.status_coalesce) == 1
+    assert controller._coalesce(key, {"status": shown}, ready, False) is None
+    # Settled: the next rollout's progress is held the first hold again.
+    again = controller._coalesce(key, {"status": ready}, progress("RollingOut"), False)
+    assert again is not None and 0.09 < again <= 0.1
+    # Progress that goes on is written again after the longer hold, as it then is.
+    await asyncio.sleep(again)
+    assert controller._coalesce(key, {"status": ready}, progress("RollingOut"), False) is None
+    later = controller._coalesce(key, {"status": progress("RollingOut")}, progress("PodsNotReady"), False)
+    assert later is not None
+    await asyncio.sleep(later)
+    assert controller._coalesce(key, {"status": progress("RollingOut")}, progress("PodsNotReady"), False) is None
+    controller.forget(key)
+    assert key not in controller.progress_shown
 
 
 async def test_a_failure_is_written_at_once(

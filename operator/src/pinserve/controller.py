@@ -40,8 +40,9 @@ IN_FLIGHT_SECONDS = 10.0
 CONFLICT_ATTEMPTS = 3  # applies answered 409 Conflict: re-read and try again, this many tries in all
 # Ready=False reasons that only say "on its way": their status writes may wait (Controller.status_coalesce).
 PROGRESS_REASONS = frozenset({"Deploying", "RollingOut", "PodsNotReady"})
-# The longest progress hold, in multiples of the first (10 s by default: then 20 s, 40 s, 60 s, ...).
-PROGRESS_HOLD_MAX_FACTOR = 6
+# Once progress is shown, more progress (the same start or rollout moving on, nothing failing) is written only
+# this many first holds later (5 min by default): a slow start is reported once, then settles or fails.
+PROGRESS_REFRESH_FACTOR = 30
 API_ERROR_REQUEUE = 5.0  # seconds before reconciling again after an API error, doubled per consecutive one
 
 
@@ -105,9 +106,8 @@ class Controller:
     # seen, as it then is; a settled status at once: a starting pod's transitions cost one write. 0: no holding.
     status_coalesce: float = 0.0
     status_due: dict[Key, float] = field(default_factory=dict)
-    # Progress writes since the status last settled: each next one is held twice as long as the one before
-    # (at most PROGRESS_HOLD_MAX_FACTOR times status_coalesce): a slow start is reported, not narrated.
-    progress_writes: dict[Key, int] = field(default_factory=dict)
+    # Keys whose progress is shown (written since the status last settled or failed): see PROGRESS_REFRESH_FACTOR.
+    progress_shown: set[Key] = field(default_factory=set)
     reconciles: int = 0
     # For the metrics: reconciles by result (ok, error) and errors by reason (the Ready=False reason).
     results: Counter[str] = field(default_factory=Counter)
@@ -121,7 +121,7 @@ class Controller:
         self.written.pop(key, None)
         self.api_failures.pop(key, None)
         self.status_due.pop(key, None)
-        self.progress_writes.pop(key, None)
+        self.progress_shown.discard(key)
         for k in [k for k in self.applied if (k[1], k[2]) == key or k[1:] == key]:
             self.applied.pop(k, None)
 
@@ -206,23 +206,23 @@ class Controller:
 
         Only progress is held back (Ready=False while deploying or rolling out, nothing failing): a start
         that settles within ``status_coalesce`` costs one status write, made as soon as it settles; a slower
-        one, a progress write after 10 s, the next after 20 s more, then 40 s, 60 s (with the default 10 s).
+        one shows its progress once (after 10 s by default), then its end: Ready, or the failure, at once.
+        Progress that goes on past PROGRESS_REFRESH_FACTOR holds (5 min) is written again, as it then is.
         """
         ready: Mapping[str, Any] = next((c for c in desired.get("conditions") or [] if c.get("type") == "Ready"), {})
         settled = ready.get("status") == "True" or ready.get("reason") not in PROGRESS_REASONS
         if urgent or settled:
-            self.progress_writes.pop(key, None)
+            self.progress_shown.discard(key)
         if self.status_coalesce <= 0 or urgent or settled or \
                 status_writer.status_patch(body.get("status"), desired) is None:
             self.status_due.pop(key, None)
             return None
         now = time.monotonic()
-        written = self.progress_writes.get(key, 0)
-        hold = self.status_coalesce * min(2 ** written, PROGRESS_HOLD_MAX_FACTOR)
+        hold = self.status_coalesce * (PROGRESS_REFRESH_FACTOR if key in self.progress_shown else 1)
         due = self.status_due.setdefault(key, now + hold)
         if now >= due:
             del self.status_due[key]
-            self.progress_writes[key] = written + 1
+            self.progress_shown.add(key)
             return None
         return due - now
 

@@ -129,6 +129,17 @@ async def wait_for(what: str, probe: Callable[[], bool], timeout: float = 5.0) -
         await asyncio.sleep(0.01)
 
 
+async def wait_quiet(api: FakeApi, quiet: float, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline, writes, since = loop.time() + timeout, api.writes, loop.time()
+    while loop.time() - since < quiet:
+        if loop.time() > deadline:
+            raise AssertionError(f"the agent kept writing: {api.patches[-3:]}")
+        await asyncio.sleep(0.01)
+        if api.writes != writes:
+            writes, since = api.writes, loop.time()
+
+
 async def test_run_loop_follows_pods_and_the_state_file_and_idles_without_writes(state_file: Path) -> None:
     api = FakeApi(nodes=[make_node()], pods=[make_pod("a", "uid-a")])
     agent = agent_for(api, state_file, interval=0.2, state_interval=0.02)
@@ -164,9 +175,10 @@ async def test_run_loop_follows_pods_and_the_state_file_and_idles_without_writes
         api.nodes["node-a"]["metadata"]["labels"]["pinserve.io/smt"] = "false"
         await wait_for("node repaired", lambda: api.nodes["node-a"]["metadata"]["labels"]["pinserve.io/smt"] == "true")
 
-        # Steady state: several state checks, watch events of our own patches and periodic passes
-        # (interval 0.2 s) go by; reads happen, writes do not.
-        await asyncio.sleep(0.3)
+        # Steady state: once the last repair's echoes are through (writes stop for 0.3 s, within 5 s even on
+        # a busy machine), several state checks, watch events and periodic passes (interval 0.2 s) go by;
+        # reads happen, writes do not.
+        await wait_quiet(api, quiet=0.3, timeout=5.0)
         writes, gets = api.writes, api.requests["GET"]
         await asyncio.sleep(1.0)
         assert api.writes == writes, api.patches[-3:]
