@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from pinserve.workqueue import KeyedQueue
+from pinserve.workqueue import KeyedQueue, PriorityLimiter
 
 pytestmark = pytest.mark.unit
 
@@ -102,3 +102,63 @@ async def test_forget_and_cancel_drop_the_timers() -> None:
     queue.cancel()
     await asyncio.sleep(0.05)
     assert runs == [] and queue.scheduled() == 0
+
+
+async def test_a_keys_first_run_goes_before_the_reruns_of_others() -> None:
+    """A create is not queued behind the echoes (pods, status) of the keys reconciled before it."""
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def work(key: str) -> None:
+        order.append(key)
+        await gate.wait()
+
+    queue: KeyedQueue[str] = KeyedQueue(work, concurrency=1)
+    for key in ("old-1", "old-2"):  # reconciled once already
+        queue.trigger(key)
+        gate.set()
+        await queue.drain()
+        gate.clear()
+    order.clear()
+    queue.trigger("busy")  # holds the only slot
+    await asyncio.sleep(0)
+    queue.trigger("old-1")
+    queue.trigger("old-2")
+    queue.trigger("new-1")
+    queue.trigger("new-2")
+    await asyncio.sleep(0)
+    gate.set()
+    await queue.drain()
+    assert order == ["busy", "new-1", "new-2", "old-1", "old-2"]
+    # Forgotten (deleted) and seen again: first again.
+    queue.forget("old-1")
+    gate.clear()
+    order.clear()
+    queue.trigger("busy")
+    await asyncio.sleep(0)
+    queue.trigger("old-2")
+    queue.trigger("old-1")
+    await asyncio.sleep(0)
+    gate.set()
+    await queue.drain()
+    assert order == ["busy", "old-1", "old-2"]
+
+
+async def test_the_limiter_passes_a_slot_on_and_survives_cancelled_waiters() -> None:
+    limiter = PriorityLimiter(1)
+    await limiter.acquire(first=False)
+    waiting = [asyncio.create_task(limiter.acquire(first=f)) for f in (False, True, False)]
+    await asyncio.sleep(0)
+    assert limiter.waiting() == 3
+    waiting[1].cancel()  # the first-class waiter gives up: the slot goes to the next in line
+    await asyncio.sleep(0)
+    assert limiter.waiting() == 2
+    limiter.release()
+    await asyncio.sleep(0)
+    assert waiting[0].done() and not waiting[2].done()
+    limiter.release()
+    await asyncio.sleep(0)
+    assert waiting[2].done()
+    limiter.release()
+    await limiter.acquire(first=False)  # free again: taken at once
+    assert limiter.waiting() == 0

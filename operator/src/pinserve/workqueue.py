@@ -2,14 +2,17 @@
 
 A burst of watch events for one ModelServer (pods, ReplicaSets, Deployment status, our own
 status write coming back) runs the reconcile once more after the current run, not once per
-event; a concurrency limit keeps a flood of keys from swamping the API server. ``trigger_later``
-brings a key back after a delay (a bounded wait running out, an API error's backoff), one timer per key.
+event; a concurrency limit keeps a flood of keys from swamping the API server. A key's first run (a
+ModelServer just created, or just seen) goes before the re-runs of keys already reconciled: a create is
+not queued behind the pod and status echoes of the creates before it. ``trigger_later`` brings a key back
+after a delay (a bounded wait running out, an API error's backoff), one timer per key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -17,10 +20,50 @@ K = TypeVar("K", bound=Hashable)
 log = logging.getLogger("pinserve")
 
 
+class PriorityLimiter:
+    """A semaphore with two classes of waiters: the first class is served first, each class in arrival order.
+
+    A freed slot is handed to the next waiter directly, so a newcomer cannot overtake the ones waiting.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiting: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (deque(), deque())
+
+    async def acquire(self, first: bool) -> None:
+        if self._free > 0 and not (self._waiting[0] or self._waiting[1]):
+            self._free -= 1
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        line = self._waiting[0 if first else 1]
+        line.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release()  # handed a slot, then cancelled: pass it on
+            else:
+                line.remove(turn)
+            raise
+
+    def release(self) -> None:
+        for line in self._waiting:
+            while line:
+                turn = line.popleft()
+                if not turn.done():
+                    turn.set_result(None)
+                    return
+        self._free += 1
+
+    def waiting(self) -> int:
+        return len(self._waiting[0]) + len(self._waiting[1])
+
+
 class KeyedQueue(Generic[K]):
     def __init__(self, work: Callable[[K], Awaitable[object]], *, concurrency: int = 16) -> None:
         self._work = work
-        self._limit = asyncio.Semaphore(concurrency)
+        self._limit = PriorityLimiter(concurrency)
+        self._ran: set[K] = set()  # keys run at least once since they were (last) forgotten
         self._active: dict[K, asyncio.Task[None]] = {}
         self._dirty: set[K] = set()
         self._timers: dict[K, asyncio.TimerHandle] = {}
@@ -49,6 +92,7 @@ class KeyedQueue(Generic[K]):
 
     def forget(self, key: K) -> None:
         """Drop the key's timer (its object is gone)."""
+        self._ran.discard(key)
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -58,15 +102,19 @@ class KeyedQueue(Generic[K]):
 
     async def _run(self, key: K) -> None:
         try:
-            async with self._limit:
+            await self._limit.acquire(first=key not in self._ran)
+            try:
                 while True:
                     self._dirty.discard(key)
+                    self._ran.add(key)
                     try:
                         await self._work(key)
                     except Exception:  # one key's failure must not stop the queue; resync retries it
                         log.exception("reconcile of %s failed", key)
                     if key not in self._dirty:
                         break
+            finally:
+                self._limit.release()
         finally:
             del self._active[key]
 

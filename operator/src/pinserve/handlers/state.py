@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pinserve.childcache import unpack
 from pinserve.controller import Controller, Key, Snapshot, observed_for
 from pinserve.informer import Informer
 from pinserve.metrics import Histogram
@@ -70,7 +71,7 @@ def modelserver_keys() -> list[Key]:
 
 def modelserver_body(key: Key) -> Mapping[str, Any] | None:
     found = _values(INDICES.get(MODELSERVER_INDEX), key)
-    return found[0] if found else None
+    return unpack(found[0]) if found else None
 
 
 def snapshot(key: Key) -> Snapshot:
