@@ -282,6 +282,14 @@ async def test_progress_is_shown_once_then_its_end(monkeypatch: pytest.MonkeyPat
     assert later is not None
     await asyncio.sleep(later)
     assert controller._coalesce(key, {"status": progress("RollingOut")}, progress("PodsNotReady"), False) is None
+    # A new generation while the long hold runs (a spec change during a slow start): the first hold again,
+    # so observedGeneration and the new plan show within it.
+    shown = progress("PodsNotReady")
+    moved = controller._coalesce(key, {"status": shown}, progress("RollingOut", "generation 2"), False)
+    assert moved is not None and 0.29 < moved <= 0.3
+    newer = {**progress("RollingOut", "generation 2"), "observedGeneration": 2}
+    cut = controller._coalesce(key, {"status": shown}, newer, False)
+    assert cut is not None and cut <= 0.1
     controller.forget(key)
     assert key not in controller.progress_shown
 

@@ -106,8 +106,9 @@ class Controller:
     # seen, as it then is; a settled status at once: a starting pod's transitions cost one write. 0: no holding.
     status_coalesce: float = 0.0
     status_due: dict[Key, float] = field(default_factory=dict)
-    # Keys whose progress is shown (written since the status last settled or failed): see PROGRESS_REFRESH_FACTOR.
-    progress_shown: set[Key] = field(default_factory=set)
+    # Key -> the generation whose progress is shown (written since the status last settled or failed): see
+    # PROGRESS_REFRESH_FACTOR. A new generation's progress is held only the first hold: observedGeneration moves.
+    progress_shown: dict[Key, int | None] = field(default_factory=dict)
     reconciles: int = 0
     # For the metrics: reconciles by result (ok, error) and errors by reason (the Ready=False reason).
     results: Counter[str] = field(default_factory=Counter)
@@ -121,7 +122,7 @@ class Controller:
         self.written.pop(key, None)
         self.api_failures.pop(key, None)
         self.status_due.pop(key, None)
-        self.progress_shown.discard(key)
+        self.progress_shown.pop(key, None)
         for k in [k for k in self.applied if (k[1], k[2]) == key or k[1:] == key]:
             self.applied.pop(k, None)
 
@@ -212,17 +213,20 @@ class Controller:
         ready: Mapping[str, Any] = next((c for c in desired.get("conditions") or [] if c.get("type") == "Ready"), {})
         settled = ready.get("status") == "True" or ready.get("reason") not in PROGRESS_REASONS
         if urgent or settled:
-            self.progress_shown.discard(key)
+            self.progress_shown.pop(key, None)
         if self.status_coalesce <= 0 or urgent or settled or \
                 status_writer.status_patch(body.get("status"), desired) is None:
             self.status_due.pop(key, None)
             return None
         now = time.monotonic()
-        hold = self.status_coalesce * (PROGRESS_REFRESH_FACTOR if key in self.progress_shown else 1)
-        due = self.status_due.setdefault(key, now + hold)
+        generation = desired.get("observedGeneration")
+        shown = key in self.progress_shown and self.progress_shown[key] == generation
+        hold = self.status_coalesce * (PROGRESS_REFRESH_FACTOR if shown else 1)
+        # The earlier of the due time already set and this hold's: a new generation cuts a long hold short.
+        due = self.status_due[key] = min(self.status_due.get(key, now + hold), now + hold)
         if now >= due:
             del self.status_due[key]
-            self.progress_shown.add(key)
+            self.progress_shown[key] = generation
             return None
         return due - now
 
