@@ -103,7 +103,8 @@ class Controller:
     # Consecutive reconciles of a key that ended in an API error: the backoff before the next one.
     api_failures: dict[Key, int] = field(default_factory=dict)
     # Progress (PROGRESS_REASONS, no failure, no Warning) is written at the latest this long after it is first
-    # seen, as it then is; a settled status at once: a starting pod's transitions cost one write. 0: no holding.
+    # seen, as it then is (once shown, PROGRESS_REFRESH_FACTOR times as long); a settled status at once: a
+    # starting pod's transitions cost one write. 0: no holding.
     status_coalesce: float = 0.0
     status_due: dict[Key, float] = field(default_factory=dict)
     # Key -> the generation whose progress is shown (written since the status last settled or failed): see
