@@ -260,7 +260,8 @@ async def test_each_call_reaches_the_path_lightkube_builds(api: tuple[KubeApi, S
          "application/octet-stream"),
         ("PATCH", "/apis/pinserve.io/v1alpha1/namespaces/ns/modelservers/m/status", manager,
          "application/merge-patch+json"),
-        ("GET", "/apis/pinserve.io/v1alpha1/modelservers", {"labelSelector": "a=b"}, "application/octet-stream"),
+        ("GET", "/apis/pinserve.io/v1alpha1/modelservers", {"labelSelector": "a=b", "limit": "500"},
+         "application/octet-stream"),
         ("POST", "/api/v1/namespaces/ns/events", manager, "application/json"),
         ("POST", "/apis/kopf.dev/v1/clusterkopfpeerings", manager, "application/json"),
         ("PATCH", "/api/v1/namespaces/ns/pods/p", manager, "application/merge-patch+json"),
@@ -275,3 +276,59 @@ async def test_an_error_without_a_json_status(api: tuple[KubeApi, Server, list[f
     with pytest.raises(ApiError) as caught:
         await client.get("ConfigMap", "ns", "x")
     assert (caught.value.status, caught.value.reason, caught.value.message) == (403, "403", "forbidden by the proxy")
+
+
+def list_page(names: str, token: str = "", version: str = "7",
+              queries: list[dict[str, str]] | None = None) -> Answer:
+    """A PodList page of pods named by the letters of ``names``, with a continue token when more follow."""
+    meta = {"resourceVersion": version, **({"continue": token} if token else {})}
+
+    def answer(request: web.Request) -> web.Response:
+        if queries is not None:
+            queries.append(dict(request.query))
+        return web.json_response({"kind": "PodList", "metadata": meta,
+                                  "items": [{"metadata": {"name": n}} for n in names]})
+    return answer
+
+
+async def test_a_list_is_read_in_pages(api: tuple[KubeApi, Server, list[float]]) -> None:
+    client, server, _ = api
+    queries: list[dict[str, str]] = []
+    server.script = [list_page("ab", "t1", queries=queries), list_page("cd", "t2", queries=queries),
+                     list_page("e", queries=queries)]
+    listed = await client.list_object("Pod", "ns", label_selector="x=y", page=2)
+    assert [item["metadata"]["name"] for item in listed["items"]] == list("abcde")
+    assert listed["metadata"] == {"resourceVersion": "7"} and listed["kind"] == "PodList"
+    first = {"labelSelector": "x=y", "limit": "2"}
+    assert queries == [first, {**first, "continue": "t1"}, {**first, "continue": "t2"}]
+    assert client.requests == {"GET": 3}
+
+
+async def test_a_list_whose_continue_token_expires_is_read_again_whole(
+        api: tuple[KubeApi, Server, list[float]]) -> None:
+    client, server, _ = api
+    queries: list[dict[str, str]] = []
+    server.script = [list_page("ab", "t1", queries=queries), status(410, "Expired"),
+                     list_page("abcdef", version="12", queries=queries)]
+    listed = await client.list_object("Pod", None, field_selector="spec.nodeName=n1", page=2)
+    # Nothing of the expired snapshot is kept: each item once, at the newer version.
+    assert [item["metadata"]["name"] for item in listed["items"]] == list("abcdef")
+    assert listed["metadata"] == {"resourceVersion": "12"}
+    assert [path for _, path in server.seen] == ["/api/v1/pods"] * 3
+    assert queries == [{"fieldSelector": "spec.nodeName=n1", "limit": "2"}, {"fieldSelector": "spec.nodeName=n1"}]
+
+
+async def test_a_410_on_the_first_page_is_the_callers(api: tuple[KubeApi, Server, list[float]]) -> None:
+    client, server, _ = api
+    server.script = [status(410, "Expired")]
+    with pytest.raises(ApiError) as caught:
+        await client.list_object("Pod", "ns")
+    assert caught.value.status == 410 and len(server.seen) == 1
+
+
+async def test_a_list_in_one_request_when_asked(api: tuple[KubeApi, Server, list[float]]) -> None:
+    client, server, _ = api
+    queries: list[dict[str, str]] = []
+    server.script = [list_page("abc", queries=queries)]
+    listed = await client.list_object("Pod", "ns", page=0)
+    assert len(listed["items"]) == 3 and queries == [{}]

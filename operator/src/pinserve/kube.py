@@ -42,6 +42,9 @@ SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 # Connections to the API server, all kept alive (the earlier aiohttp client's limit).
 POOL_CONNECTIONS = 64
+# Items per page of a List (client-go's pager and reflector use 500).
+LIST_PAGE = 500
+
 
 class ApiError(Exception):
     """A non-2xx answer; ``reason`` is the Status reason (NotFound, Conflict, Invalid, ...).
@@ -273,16 +276,35 @@ class KubeApi:
                                                       params=params)
 
     async def list_object(self, kind: str, namespace: str | None = None, *, label_selector: str | None = None,
-                          field_selector: str | None = None) -> dict[str, Any]:
-        """The List (``items`` and ``metadata.resourceVersion``, where a watch starts), in one request."""
-        cls, br = self._collection(kind, namespace, params={"labelSelector": label_selector or None,
-                                                            "fieldSelector": field_selector or None})
-        resp = await self._send(br)
-        _, version, items = self._lightkube().handle_response("list", resp, br)
+                          field_selector: str | None = None, page: int = LIST_PAGE) -> dict[str, Any]:
+        """The List (``items`` and ``metadata.resourceVersion``, where a watch starts).
+
+        Read in pages of ``page`` items (0: one request), as client-go's reflector does, so neither the API
+        server nor pinserve builds one answer for a whole busy cluster. Every page is of the first page's
+        snapshot. A continue token that expires between pages (410) is answered as client-go's pager does:
+        the List is read again whole, in one request.
+        """
+        selectors = {"labelSelector": label_selector or None, "fieldSelector": field_selector or None}
+        cls, br = self._collection(kind, namespace, params={**selectors, "limit": page or None})
+        items: list[dict[str, Any]] = []
+        version: str | None = None
+        more = True
+        while more:
+            try:
+                resp = await self._send(br)
+            except ApiError as exc:
+                if exc.status != 410 or "continue" not in br.params:
+                    raise
+                cls, br = self._collection(kind, namespace, params=selectors)
+                items.clear()
+                resp = await self._send(br)
+            # lightkube keeps the continue token in ``br.params`` for the next page.
+            more, page_version, found = self._lightkube().handle_response("list", resp, br)
+            version = page_version or version
+            items.extend(dict(item) for item in found)
         info = cls._api_info
         return {"apiVersion": info.resource.api_version, "kind": f"{kind}List",
-                "metadata": {"resourceVersion": version} if version else {},
-                "items": [dict(item) for item in items]}
+                "metadata": {"resourceVersion": version} if version else {}, "items": items}
 
     async def watch(self, kind: str, namespace: str | None = None, *, label_selector: str | None = None,
                     field_selector: str | None = None, resource_version: str | None = None,

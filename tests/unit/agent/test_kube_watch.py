@@ -79,5 +79,5 @@ async def test_list_object_keeps_the_resource_version(server: tuple[KubeApi, lis
     api, seen = server
     result = await api.list_object("Pod", field_selector="spec.nodeName=n")
     assert result["metadata"]["resourceVersion"] == "5"
-    assert seen[-1] == {"fieldSelector": "spec.nodeName=n"}
+    assert seen[-1] == {"fieldSelector": "spec.nodeName=n", "limit": "500"}  # one page (no continue token)
     assert api.requests["GET"] == 1
