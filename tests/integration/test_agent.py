@@ -299,7 +299,9 @@ def test_agent_reads_the_kubelets_pod_resources_socket_live_and_falls_back_witho
             proc = subprocess.Popen(setup.agent_argv("--interval", "300", "--state-interval", "0.5"),
                                     env=setup.env(), stdout=subprocess.DEVNULL, stderr=log, text=True)
         try:
-            setup.cluster.wait_for("both pods", lambda: source("pinned") and source("other"), timeout=30)
+            # The pods and the node are written by two loops: wait for both.
+            setup.cluster.wait_for("both pods and the node", lambda: source("pinned") and source("other") and (
+                ANNOTATION_CPU_MANAGER in setup.annotations("node", setup.node)), timeout=30)
             assert setup.annotations("pod", "pinned")[ANNOTATION_CPUS] == PINNED_CPUS
             assert source("pinned") == "exclusive" and source("other") == "shared"
             summary = cpu_manager()

@@ -87,8 +87,10 @@ def test_benchmark_runs_once_ready_and_lands_in_status(cluster: Any, operator: A
     # kubectl's printer columns read status.benchmark
     table = cluster.kubectl("get", "-n", namespace, "modelserver/bm").stdout
     assert "12.5" in table and "19.75" in table
-    events = cluster.get_json("-n", namespace, "events", "--field-selector", "involvedObject.name=bm")["items"]
-    headline = [e for e in events if e["reason"] == "BenchmarkCompleted"]
+    # The Event is posted after the status it follows.
+    headline = eventually("the BenchmarkCompleted Event", lambda: [
+        e for e in cluster.get_json("-n", namespace, "events", "--field-selector", "involvedObject.name=bm")["items"]
+        if e["reason"] == "BenchmarkCompleted"], timeout=30)
     assert len(headline) == 1 and "p99 19.75 ms" in headline[0]["message"]
 
     # On-demand re-run via the annotation: a new Job, new figures.

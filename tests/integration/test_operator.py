@@ -300,10 +300,13 @@ def test_node_churn_rolls_nothing_until_the_class_is_gone(cluster: Any, operator
             return dep if dep and server_container(dep)["resources"]["limits"]["cpu"] == "1" else None
 
         eventually("the Deployment to be re-planned for 1 thread per core", replanned)
-        body = get_ms(cluster, namespace, "sticky")
-        assert body["status"]["placement"]["threadsPerCore"] == 1
-        events = cluster.get_json("-n", namespace, "events", "--field-selector", "involvedObject.name=sticky")["items"]
-        [event] = [e for e in events if e["reason"] == "Replanned"]
+        # The status is written after the Deployment is applied, and the Event after the status.
+        eventually("the re-plan in status", lambda: get_ms(cluster, namespace, "sticky")["status"]["placement"][
+            "threadsPerCore"] == 1)
+        # The Event is posted after the status it follows.
+        [event] = eventually("the Replanned Event", lambda: [e for e in cluster.get_json(
+            "-n", namespace, "events", "--field-selector", "involvedObject.name=sticky")["items"]
+            if e["reason"] == "Replanned"], timeout=30)
         assert "no eligible node of the recorded class (2 thread(s) per core" in event["message"]
     finally:
         cluster.kubectl("delete", "-n", namespace, "modelserver/sticky", "--wait=true", timeout=60, check=False)

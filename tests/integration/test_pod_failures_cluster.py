@@ -99,7 +99,7 @@ def test_a_failing_server_container_is_named(cluster: Any, operator: Any, namesp
     assert ready["message"].startswith(f"pod {pod['metadata']['name']}: ")
     for text in says:
         assert text in ready["message"], ready["message"]
-    announced = events(cluster, namespace, "hurt", reason)
+    announced = eventually(f"the {reason} Event", lambda: events(cluster, namespace, "hurt", reason), timeout=30)
     assert [e["type"] for e in announced] == ["Warning"], [(e["message"], e["lastTimestamp"]) for e in announced]
 
 

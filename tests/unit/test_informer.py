@@ -71,7 +71,7 @@ async def test_list_then_watch_from_its_resource_version_with_the_selector() -> 
                       [[{"type": "MODIFIED", "object": dep("a", "8")},
                         {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "12"}}}]])
     informer, changes = await run_one_kind(api)
-    assert await informer.wait_primed(timeout=1)
+    assert await informer.wait_primed(timeout=5)
     await settle()
     assert api.calls[:3] == [("LIST", None, SELECTOR, None), ("WATCH", None, SELECTOR, "7"),
                              ("WATCH", None, SELECTOR, "12")]  # the stream ended: watch again from the bookmark
@@ -85,7 +85,7 @@ async def test_410_relists_and_tells_what_changed_meanwhile() -> None:
                        {"items": [dep("a", "3")], "metadata": {"resourceVersion": "30"}}],
                       [[{"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}}]])
     informer, changes = await run_one_kind(api)
-    await informer.wait_primed(timeout=1)
+    await informer.wait_primed(timeout=5)
     await settle()
     assert [c[0] for c in api.calls[:4]] == ["LIST", "WATCH", "LIST", "WATCH"]
     assert api.calls[3][3] == "30"
@@ -104,7 +104,7 @@ async def test_a_410_answer_to_the_watch_request_relists_too() -> None:
     api = ScriptedApi([{"items": [], "metadata": {"resourceVersion": "7"}}],
                       [ApiError(410, "Expired", "too old"), ApiError(0, "ConnectionError", "refused")])
     informer, _ = await run_one_kind(api, sleep=no_wait)
-    await informer.wait_primed(timeout=1)
+    await informer.wait_primed(timeout=5)
     for _ in range(5):
         await settle()
     kinds = [(c[0], c[3]) for c in api.calls[:5]]
@@ -128,5 +128,5 @@ async def test_not_primed_until_every_stream_is_listed() -> None:
     assert not informer.primed.is_set()  # one of the two lists failed
     assert {c[1] for c in api.calls if c[0] == "LIST"} == {"a", "b"}  # one stream per namespace
     gate.set()
-    assert await informer.wait_primed(timeout=1)
+    assert await informer.wait_primed(timeout=5)
     await informer.stop()

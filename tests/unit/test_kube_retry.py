@@ -7,6 +7,7 @@ The waits are recorded (KubeApi's injected ``sleep``), never spent or timed; the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import email.utils
 import socket
@@ -104,8 +105,9 @@ def slow(seconds: float) -> Answer:
     return answer
 
 
-@pytest.fixture
-async def api() -> AsyncIterator[tuple[KubeApi, Server, list[float]]]:
+@contextlib.asynccontextmanager
+async def serving(timeout: float) -> AsyncIterator[tuple[KubeApi, Server, list[float]]]:
+    """A scripted server on loopback and a KubeApi for it whose waits are recorded, not spent."""
     server = Server()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", server.handle)
@@ -120,12 +122,26 @@ async def api() -> AsyncIterator[tuple[KubeApi, Server, list[float]]]:
         waits.append(seconds)
 
     client = KubeApi(Credentials.for_server(f"http://127.0.0.1:{port}", "t0ken"),
-                     timeout=0.5, sleep=record, rand=lambda: 0.0)
+                     timeout=timeout, sleep=record, rand=lambda: 0.0)
     try:
         yield client, server, waits
     finally:
         await client.close()
         await runner.cleanup()
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[tuple[KubeApi, Server, list[float]]]:
+    # A timeout no loaded machine reaches on loopback: a timeout here would be an extra, unscripted retry.
+    async with serving(timeout=5.0) as served:
+        yield served
+
+
+@pytest.fixture
+async def impatient_api() -> AsyncIterator[tuple[KubeApi, Server, list[float]]]:
+    """For the timeout tests: 0.5 s, against answers that take 2 s."""
+    async with serving(timeout=0.5) as served:
+        yield served
 
 
 CM = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "ns"}}
@@ -190,15 +206,15 @@ async def test_answers_for_the_caller_are_not_retried(api: tuple[KubeApi, Server
     assert caught.value.status == code and waits == [] and len(server.seen) == 1
 
 
-async def test_a_timeout_is_retried(api: tuple[KubeApi, Server, list[float]]) -> None:
-    client, server, waits = api
+async def test_a_timeout_is_retried(impatient_api: tuple[KubeApi, Server, list[float]]) -> None:
+    client, server, waits = impatient_api
     server.script = [slow(2.0), ok()]
     await client.get("ConfigMap", "ns", "x")
     assert waits == [0.125] and len(server.seen) == 2
 
 
-async def test_a_timeout_that_persists(api: tuple[KubeApi, Server, list[float]]) -> None:
-    client, server, _ = api
+async def test_a_timeout_that_persists(impatient_api: tuple[KubeApi, Server, list[float]]) -> None:
+    client, server, _ = impatient_api
     client.retry = RetryPolicy(attempts=2)
     server.script = [slow(2.0)]
     with pytest.raises(ApiError) as caught:

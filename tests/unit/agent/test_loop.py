@@ -166,8 +166,10 @@ async def test_run_loop_follows_pods_and_the_state_file_and_idles_without_writes
                        [ANNOTATION_CPU_MANAGER])
 
         # The watch expires (410): the agent relists and carries on.
+        # The fake API server does not replay what a new watch missed: add pod d once the watch is open again.
+        watches = api.requests["WATCH"]
         api.expire_watches()
-        await asyncio.sleep(0.05)
+        await wait_for("the watch reopened", lambda: api.requests["WATCH"] > watches)
         api.add_pod(make_pod("d", "uid-d"))
         await wait_for("pod d after relist", lambda: ANNOTATION_CPUS in annotations(api, "d"))
 
@@ -258,7 +260,10 @@ async def test_run_loop_reads_the_kubelets_pod_resources_socket(state_file: Path
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         try:
-            await wait_for("pods a and b", lambda: bool(annotations(api, "a")) and bool(annotations(api, "b")))
+            # The pods (the watch loop) and the node (the resync loop, after its own socket reads) are two
+            # writers: wait for both.
+            await wait_for("pods a and b, and the node", lambda: bool(annotations(api, "a")) and bool(
+                annotations(api, "b")) and ANNOTATION_CPU_MANAGER in api.nodes["node-a"]["metadata"]["annotations"])
             assert annotations(api, "a") == {ANNOTATION_CPUS: "4-5,12-13", ANNOTATION_CPUS_SOURCE: "exclusive"}
             assert annotations(api, "b") == {ANNOTATION_CPUS: "0-3,6-11,14-15", ANNOTATION_CPUS_SOURCE: "shared"}
             summary = json.loads(api.nodes["node-a"]["metadata"]["annotations"][ANNOTATION_CPU_MANAGER])

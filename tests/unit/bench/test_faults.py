@@ -75,9 +75,10 @@ def test_wrong_signature(tf_serving: Any, run_bench: Any) -> None:
 
 
 def test_slow_beyond_the_deadline(fake_serving: Any, run_bench: Any) -> None:
-    server = fake_serving(lambda request, context: time.sleep(1.0))
+    server = fake_serving(lambda request, context: time.sleep(2.0))
+    # The deadline also covers the first calls on a new channel (status, metadata): 0.5 s leaves them room.
     run = run_bench(
-        "--target", server.target, "--model", "fake", "--deadline", "0.2", "--mode", "latency",
+        "--target", server.target, "--model", "fake", "--deadline", "0.5", "--mode", "latency",
         "--warmup", "1", "--requests", "5", "--quiet",
     )  # fmt: skip
     _assert_failure(run, ExitCode.DEADLINE_EXCEEDED, "DeadlineExceeded", "warm-up request 1 of 1")
@@ -91,11 +92,11 @@ def test_slow_beyond_the_deadline_in_throughput(fake_serving: Any, run_bench: An
         with lock:
             n = next(calls)
         if n >= 2:
-            time.sleep(0.5)
+            time.sleep(2.0)
 
     server = fake_serving(slow_after_warmup)
     run = run_bench(
-        "--target", server.target, "--model", "fake", "--deadline", "0.1", "--mode", "throughput",
+        "--target", server.target, "--model", "fake", "--deadline", "0.5", "--mode", "throughput",
         "--warmup", "0", "--concurrency", "2", "--duration", "0.3", "--quiet",
     )  # fmt: skip
     summary = _assert_failure(run, ExitCode.DEADLINE_EXCEEDED, "DeadlineExceeded", "throughput requests failed")
