@@ -6,8 +6,9 @@ Ready=False ApiError (verb, object, answer) in the status written, an Event, and
 
 from __future__ import annotations
 
-import asyncio
 import json
+import time
+import types
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -243,22 +244,45 @@ def held_for(wait: float | None, hold: float) -> bool:
     return wait is not None and hold * 0.9 < wait <= hold + FLOAT_SLACK
 
 
+class Clock:
+    """The controller's monotonic clock, moved only by the test (from the real one's value, so the in-flight
+    bookkeeping stamped with the real clock still compares)."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds + FLOAT_SLACK  # past the due time, whatever the rounding of `due - now`
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(controller_module, "time", types.SimpleNamespace(monotonic=fake.monotonic))
+    return fake
+
+
 async def test_a_status_change_is_held_back_then_written_as_it_then_is(
-        fake: tuple[Controller, FakeApiServer, list[float]], snapshot: Snapshot) -> None:
+        fake: tuple[Controller, FakeApiServer, list[float]], snapshot: Snapshot, clock: Clock) -> None:
     controller, server, _ = fake
     controller.status_coalesce = 0.2
     outcome = await controller.sync(("ml", "rfcn"), snapshot)
     assert server.statuses == [] and server.events == []  # nothing urgent: held back, announced later
-    assert outcome is not None and outcome.requeue_after is not None and 0 < outcome.requeue_after <= 0.21
-    again = await controller.sync(("ml", "rfcn"), snapshot)  # another event meanwhile: still held
-    assert server.statuses == [] and again is not None and again.requeue_after is not None
-    await asyncio.sleep(again.requeue_after)
+    assert outcome is not None and held_for(outcome.requeue_after, 0.2)
+    clock.advance(0.1)
+    again = await controller.sync(("ml", "rfcn"), snapshot)  # another event meanwhile: still held, not longer
+    assert server.statuses == [] and again is not None and held_for(again.requeue_after, 0.1)
+    assert again.requeue_after is not None
+    clock.advance(again.requeue_after)
     done = await controller.sync(("ml", "rfcn"), snapshot)
     assert len(server.statuses) == 1 and done is not None and done.requeue_after is None
     assert server.events == []  # the first plan is no Event; progress (Deploying) neither
 
 
-async def test_progress_is_shown_once_then_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_progress_is_shown_once_then_its_end(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
     """A slow start: its progress is written after the first hold, then only when it settles or fails (or has
     gone on for PROGRESS_REFRESH_FACTOR holds)."""
     monkeypatch.setattr(controller_module, "PROGRESS_REFRESH_FACTOR", 3)
@@ -271,7 +295,7 @@ async def test_progress_is_shown_once_then_its_end(monkeypatch: pytest.MonkeyPat
     shown: dict[str, Any] = {}
     first = controller._coalesce(key, {"status": shown}, progress("Deploying"), False)
     assert held_for(first, 0.1)
-    await asyncio.sleep(first)
+    clock.advance(first)
     assert controller._coalesce(key, {"status": shown}, progress("RollingOut"), False) is None  # shown
     shown = progress("RollingOut")
     # The start moves on (another reason, another message): held for 3 holds now, not 1.
@@ -285,11 +309,11 @@ async def test_progress_is_shown_once_then_its_end(monkeypatch: pytest.MonkeyPat
     again = controller._coalesce(key, {"status": ready}, progress("RollingOut"), False)
     assert held_for(again, 0.1)
     # Progress that goes on is written again after the longer hold, as it then is.
-    await asyncio.sleep(again)
+    clock.advance(again)
     assert controller._coalesce(key, {"status": ready}, progress("RollingOut"), False) is None
     later = controller._coalesce(key, {"status": progress("RollingOut")}, progress("PodsNotReady"), False)
     assert later is not None
-    await asyncio.sleep(later)
+    clock.advance(later)
     assert controller._coalesce(key, {"status": progress("RollingOut")}, progress("PodsNotReady"), False) is None
     # A new generation while the long hold runs (a spec change during a slow start): the first hold again,
     # so observedGeneration and the new plan show within it.
