@@ -215,10 +215,10 @@ def stall(conn: socket.socket) -> None:
 
 
 def test_trickling_server_hits_the_deadline(tmp_path: Path) -> None:
-    started = time.monotonic()
+    # The trickle would take 30 s and never stalls: only the overall deadline can end this fetch, and
+    # the message says it was that deadline (no wall-clock bound here: a loaded machine could reach one).
     with raw_server(trickle) as base, pytest.raises(FetchTimeoutError, match=r"deadline of 1s.*--deadline-seconds"):
         fetch(base + "/m.tar.gz", tmp_path / "d" / "1", timeout=0.5, limits=Limits(deadline=1.0))
-    assert time.monotonic() - started < 3
 
 
 def test_stalled_server_hits_the_stall_timeout(tmp_path: Path) -> None:
@@ -260,8 +260,8 @@ def object_trickle(conn: socket.socket) -> None:
 ])
 def test_object_store_stall_and_deadline(tmp_path: Path, serve: Callable[[socket.socket], None], limits: Limits,
                                          match: str) -> None:
-    started = time.monotonic()
+    # The servers would hold the fetch 5 s (stall, then a short body) or 10 s (trickle): the message names
+    # the limit that ended it, so no wall-clock bound is needed.
     with raw_server(serve) as base, pytest.raises(FetchTimeoutError, match=match):
         fetch("gs://b/m.tar.gz", tmp_path / "g" / "1", timeout=1.0, retries=0, limits=limits,
               env={"GCS_ENDPOINT_URL": base, "GOOGLE_SKIP_SIGNATURE": "true"})
-    assert time.monotonic() - started < 4
