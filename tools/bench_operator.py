@@ -57,6 +57,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used (``/proc/PID/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -151,6 +157,8 @@ class Result:
     rss_end: float = float("nan")
     rss_idle: float = float("nan")
     cached: dict[str, int] = field(default_factory=dict)
+    cpu_s: float = float("nan")  # the operator's CPU from the first create until converged
+    reconciles: int = 0
 
 
 async def measure(api: KubeApi, label: str, namespace: str, *, command: list[str], env: dict[str, str],
@@ -175,6 +183,7 @@ async def measure(api: KubeApi, label: str, namespace: str, *, command: list[str
             watcher = asyncio.create_task(watch_deployments(api, namespace, seen))
             await asyncio.sleep(1)
             before = read_stats(stats)
+            cpu_start = cpu_seconds(operator.pid)
             await create_all(api, namespace, args.modelservers, args.rate, created)
             last_create = time.monotonic()
             deadline = last_create + 300
@@ -193,6 +202,8 @@ async def measure(api: KubeApi, label: str, namespace: str, *, command: list[str
             result.converged_s = max(0.0, quiet_since - last_create)
             after = read_stats(stats)
             result.rss_end = rss_mb(operator.pid)
+            result.cpu_s = cpu_seconds(operator.pid) - cpu_start
+            result.reconciles = int(after.get("reconciles") or 0) - int(before.get("reconciles") or 0)
             result.cached = after.get("cached") or {}
             result.per_create = Counter(after["requests"]) - Counter(before["requests"])
             if "own" in after:
@@ -294,6 +305,8 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
          [_verbs(r.per_create if r.per_create_own is None else r.per_create_own, per) for r in results]),
         ("requests per create (all, kopf's included)",
          [_verbs(r.per_create, per) if r.per_create_own is not None else "-" for r in results]),
+        ("operator CPU per create (ms, until converged)", [f"{r.cpu_s * 1000 / per:.1f}" for r in results]),
+        ("reconciles per create", [f"{r.reconciles / per:.1f}" if r.reconciles else "-" for r in results]),
         ("requests per idle minute", [_verbs(r.idle, 1) if args.idle else "-" for r in results]),
         ("RSS before creates (MB)", [f"{r.rss_start:.0f}" for r in results]),
         ("RSS converged (MB)", [f"{r.rss_end:.0f}" for r in results]),

@@ -36,6 +36,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.verbose:
         # kopf logs every handled watch event at INFO; keep the operator's own lines and warnings.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        # lightkube's HTTP client logs every request at INFO: thousands of lines a minute on a busy cluster.
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
     peering: dict[str, Any] = {"standalone": True}
     if settings.peering:
         # kopf names this replica by POD_ID (the chart sets the pod's name); pinserve.peering reads the same.

@@ -194,8 +194,8 @@ class _Fit:
     source: TopologySource
 
 
-def _fit(node: NodeInfo, spec: ModelServerSpec, settings: Settings) -> _Fit | str:
-    """A node that can hold one replica, or the reason it cannot."""
+def _fit(node: NodeInfo, spec: ModelServerSpec, settings: Settings, memory: int) -> _Fit | str:
+    """A node that can hold one replica (``memory``: the spec's memory in bytes), or the reason it cannot."""
     reason = _schedulable_reason(node, spec)
     if reason:
         return reason
@@ -216,7 +216,7 @@ def _fit(node: NodeInfo, spec: ModelServerSpec, settings: Settings) -> _Fit | st
         tpc = settings.assumed_threads_per_core
     if node.allocatable_cpus < cores * tpc:
         return f"allocatable CPUs {node.allocatable_cpus} < {cores * tpc} requested"
-    if node.allocatable_memory < memory_bytes(spec.resources.memory):
+    if node.allocatable_memory < memory:
         return f"allocatable memory is below {spec.resources.memory}"
     return _Fit(node, tpc, "agent" if topo is not None else "capacity")
 
@@ -313,8 +313,9 @@ def plan(
         raise PlanError("NoNodes", "the cluster has no nodes to place replicas on", "spec.placement")
     fits: list[_Fit] = []
     refusals: list[str] = []
+    memory = memory_bytes(spec.resources.memory)
     for node in nodes:
-        outcome = _fit(node, spec, settings)
+        outcome = _fit(node, spec, settings, memory)
         if isinstance(outcome, _Fit):
             fits.append(outcome)
         else:

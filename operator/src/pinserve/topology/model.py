@@ -127,6 +127,8 @@ class Topology:
         object.__setattr__(self, "isa_flags", tuple(self.isa_flags))
 
     # -- counts ------------------------------------------------------------------------------------------
+    # A Topology never changes after __post_init__: the counts planning reads for every node on every reconcile
+    # are computed once per Topology (cached_property), not once per call.
 
     @cached_property
     def _core_of_cpu(self) -> dict[int, Core]:
@@ -141,11 +143,11 @@ class Topology:
     def logical_cpus(self) -> int:
         return len(self._core_of_cpu)
 
-    @property
+    @cached_property
     def physical_cores(self) -> int:
         return len(self.cores)
 
-    @property
+    @cached_property
     def socket_ids(self) -> tuple[int, ...]:
         return tuple(sorted({core.socket for core in self.cores}))
 
@@ -153,12 +155,12 @@ class Topology:
     def sockets(self) -> int:
         return len(self.socket_ids)
 
-    @property
+    @cached_property
     def threads_per_core(self) -> int:
         """The most threads any core has (hybrid CPUs mix 2-thread and 1-thread cores)."""
         return max((core.threads for core in self.cores), default=0)
 
-    @property
+    @cached_property
     def uniform_smt(self) -> bool:
         """Whether every core has the same number of threads."""
         return len({core.threads for core in self.cores}) <= 1
@@ -188,7 +190,7 @@ class Topology:
             counts[core.numa] += 1
         return counts
 
-    @property
+    @cached_property
     def max_cores_in_one_numa(self) -> int:
         return max(self.cores_per_numa().values(), default=0)
 
