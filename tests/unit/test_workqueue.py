@@ -144,6 +144,26 @@ async def test_a_keys_first_run_goes_before_the_reruns_of_others() -> None:
     assert order == ["busy", "old-1", "old-2"]
 
 
+async def test_a_rerun_queues_again_behind_a_waiting_first_run() -> None:
+    """A key that keeps changing gives its slot back between runs: a create waiting for it goes first."""
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def work(key: str) -> None:
+        order.append(key)
+        await gate.wait()
+
+    queue: KeyedQueue[str] = KeyedQueue(work, concurrency=1)
+    queue.trigger("busy")
+    await asyncio.sleep(0)  # runs, holds the only slot
+    queue.trigger("new")  # waits for the slot
+    queue.trigger("busy")  # changed again while running: one more run, after "new"
+    await asyncio.sleep(0)
+    gate.set()
+    await queue.drain()
+    assert order == ["busy", "new", "busy"]
+
+
 async def test_the_limiter_passes_a_slot_on_and_survives_cancelled_waiters() -> None:
     limiter = PriorityLimiter(1)
     await limiter.acquire(first=False)

@@ -12,6 +12,7 @@ class, so nodes of another class joining or leaving re-render (and roll) nothing
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,13 @@ class NodeInfo:
         return self.labels.get(LABEL_POLICY)
 
 
+@functools.lru_cache(maxsize=256)
+def _topology(annotation: str) -> Topology:
+    """Nodes of one machine type publish the same annotation: they share one (immutable) Topology, so its
+    counts are computed once and a node's heartbeat does not parse it again. A bad one raises every time."""
+    return Topology.from_dict(json.loads(annotation))
+
+
 def node_info(node: Mapping[str, Any]) -> NodeInfo:
     """Read a Node object (dict) into NodeInfo; a bad topology annotation is kept as an error."""
     meta = node.get("metadata") or {}
@@ -68,7 +76,7 @@ def node_info(node: Mapping[str, Any]) -> NodeInfo:
     raw = (meta.get("annotations") or {}).get(TOPOLOGY_ANNOTATION)
     if raw:
         try:
-            topology = Topology.from_dict(json.loads(raw))
+            topology = _topology(raw)
         except (ValueError, TypeError, KeyError) as exc:
             error = f"annotation {TOPOLOGY_ANNOTATION} is unreadable: {exc}"
     ready = any(

@@ -102,19 +102,21 @@ class KeyedQueue(Generic[K]):
 
     async def _run(self, key: K) -> None:
         try:
-            await self._limit.acquire(first=key not in self._ran)
-            try:
-                while True:
+            while True:
+                # A re-run gives its slot back and queues again, as client-go's workqueue re-adds a key: a key
+                # whose pods keep changing does not hold a slot that a waiting first run could use.
+                await self._limit.acquire(first=key not in self._ran)
+                try:
                     self._dirty.discard(key)
                     self._ran.add(key)
                     try:
                         await self._work(key)
                     except Exception:  # one key's failure must not stop the queue; resync retries it
                         log.exception("reconcile of %s failed", key)
-                    if key not in self._dirty:
-                        break
-            finally:
-                self._limit.release()
+                finally:
+                    self._limit.release()
+                if key not in self._dirty:
+                    break
         finally:
             del self._active[key]
 
