@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,8 +231,26 @@ async def measure(api: KubeApi, label: str, namespace: str, *, command: list[str
     return result
 
 
+@contextlib.contextmanager
+def _only_run(state_dir: Path) -> Iterator[None]:
+    """One benchmark per cluster: a second one would reuse the first's cluster and delete its namespaces."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / ".bench.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"another operator benchmark is running on {state_dir}: wait for it to end, "
+                             "or give this one its own --state-dir") from None
+        yield
+
+
 async def run(args: argparse.Namespace) -> None:
     state_dir = Path(args.state_dir) if args.state_dir else cluster_tools.cache_root() / "cluster-bench"
+    with _only_run(state_dir):
+        await _run(args, state_dir)
+
+
+async def _run(args: argparse.Namespace, state_dir: Path) -> None:
     local = cluster_tools.LocalCluster(state_dir)
     nodes = [fakenodes.make_fake_node(f"bench-{i:04d}", SNAPSHOTS[i % len(SNAPSHOTS)]) for i in range(args.nodes)]
     t0 = time.monotonic()
