@@ -104,8 +104,8 @@ async def test_forget_and_cancel_drop_the_timers() -> None:
     assert runs == [] and queue.scheduled() == 0
 
 
-async def test_a_keys_first_run_goes_before_the_reruns_of_others() -> None:
-    """A create is not queued behind the echoes (pods, status) of the keys reconciled before it."""
+def _one_slot_queue() -> tuple[list[str], asyncio.Event, KeyedQueue[str]]:
+    """A one-slot queue whose runs record their key, then wait for the gate."""
     order: list[str] = []
     gate = asyncio.Event()
 
@@ -113,7 +113,12 @@ async def test_a_keys_first_run_goes_before_the_reruns_of_others() -> None:
         order.append(key)
         await gate.wait()
 
-    queue: KeyedQueue[str] = KeyedQueue(work, concurrency=1)
+    return order, gate, KeyedQueue(work, concurrency=1)
+
+
+async def test_a_keys_first_run_goes_before_the_reruns_of_others() -> None:
+    """A create is not queued behind the echoes (pods, status) of the keys reconciled before it."""
+    order, gate, queue = _one_slot_queue()
     for key in ("old-1", "old-2"):  # reconciled once already
         queue.trigger(key)
         gate.set()
@@ -146,14 +151,7 @@ async def test_a_keys_first_run_goes_before_the_reruns_of_others() -> None:
 
 async def test_a_rerun_queues_again_behind_a_waiting_first_run() -> None:
     """A key that keeps changing gives its slot back between runs: a create waiting for it goes first."""
-    order: list[str] = []
-    gate = asyncio.Event()
-
-    async def work(key: str) -> None:
-        order.append(key)
-        await gate.wait()
-
-    queue: KeyedQueue[str] = KeyedQueue(work, concurrency=1)
+    order, gate, queue = _one_slot_queue()
     queue.trigger("busy")
     await asyncio.sleep(0)  # runs, holds the only slot
     queue.trigger("new")  # waits for the slot

@@ -143,7 +143,7 @@ class Topology:
     def logical_cpus(self) -> int:
         return len(self._core_of_cpu)
 
-    @cached_property
+    @property
     def physical_cores(self) -> int:
         return len(self.cores)
 
