@@ -10,8 +10,8 @@ each time in a fresh namespace and with the operator as its own process:
 
 Printed side by side: time from create to Deployment present (p50/p99, measured with a watch from this
 process), the operator's API requests by verb per create (from its stats file), convergence (the last
-operator write after the last create), the operator's CPU (``/proc``) and reconciles per create, RSS, and the
-requests per idle minute.
+operator write after the last create), the operator's CPU (``/proc``), reconciles per create and what set them
+off (by source), RSS, and the requests per idle minute.
 
 Usage: python -m tools.bench_operator [--modelservers 1000] [--nodes 200] [--rate 10] [--unrelated-pods 5000]
 """
@@ -163,6 +163,7 @@ class Result:
     cached: dict[str, int] = field(default_factory=dict)
     cpu_s: float = float("nan")  # the operator's CPU from the first create until converged
     reconciles: int = 0
+    triggers: Counter[str] = field(default_factory=Counter)  # what set reconciles off, by source
 
 
 async def measure(api: KubeApi, label: str, namespace: str, *, command: list[str], env: dict[str, str],
@@ -208,6 +209,7 @@ async def measure(api: KubeApi, label: str, namespace: str, *, command: list[str
             result.rss_end = rss_mb(operator.pid)
             result.cpu_s = cpu_seconds(operator.pid) - cpu_start
             result.reconciles = int(after.get("reconciles") or 0) - int(before.get("reconciles") or 0)
+            result.triggers = Counter(after.get("triggers") or {}) - Counter(before.get("triggers") or {})
             result.cached = after.get("cached") or {}
             result.per_create = Counter(after["requests"]) - Counter(before["requests"])
             if "own" in after:
@@ -329,6 +331,8 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
          [_verbs(r.per_create, per) if r.per_create_own is not None else "-" for r in results]),
         ("operator CPU per create (ms, until converged)", [f"{r.cpu_s * 1000 / per:.1f}" for r in results]),
         ("reconciles per create", [f"{r.reconciles / per:.1f}" if r.reconciles else "-" for r in results]),
+        ("reconcile triggers per create, by source",
+         [_verbs(r.triggers, per) if r.triggers else "-" for r in results]),
         ("requests per idle minute", [_verbs(r.idle, 1) if args.idle else "-" for r in results]),
         ("RSS before creates (MB)", [f"{r.rss_start:.0f}" for r in results]),
         ("RSS converged (MB)", [f"{r.rss_end:.0f}" for r in results]),

@@ -60,7 +60,7 @@ async def settle() -> None:
 
 async def run_one_kind(api: ScriptedApi, **kw: Any) -> tuple[Informer, list[set[tuple[str, str]]]]:
     changes: list[set[tuple[str, str]]] = []
-    informer = Informer(api, lambda keys: changes.append(set(keys)),  # type: ignore[arg-type]
+    informer = Informer(api, lambda _kind, keys: changes.append(set(keys)),  # type: ignore[arg-type]
                         stores={"Deployment": Store("Deployment")}, **kw)
     informer.start()
     return informer, changes
@@ -121,7 +121,7 @@ async def test_not_primed_until_every_stream_is_listed() -> None:
 
     api = ScriptedApi([ApiError(503, "ServiceUnavailable", "later")], [])
     changes: list[set[tuple[str, str]]] = []
-    informer = Informer(api, lambda keys: changes.append(set(keys)),  # type: ignore[arg-type]
+    informer = Informer(api, lambda _kind, keys: changes.append(set(keys)),  # type: ignore[arg-type]
                         stores={"Deployment": Store("Deployment")}, namespaces=("a", "b"), sleep=backoff)
     informer.start()
     await settle()

@@ -46,6 +46,7 @@ def sample(**over: object) -> Sample:
     fields: dict[str, object] = {
         "reconciles": {"ok": 4, "error": 1}, "errors": {"ApiError": 1},
         "requests": {"GET": 3, "PATCH": 7, "WATCH": 2}, "latency": latency,
+        "triggers": {"ModelServer": 3, "Pod": 9, "timer": 1},
         "queue_active": 2, "queue_scheduled": 1, "modelservers": 5, "leader": True,
     }
     fields.update(over)
@@ -58,6 +59,8 @@ def test_exposition_has_every_family() -> None:
     assert series['pinserve_reconciles_total{result="error"}'] == 1
     assert series['pinserve_reconcile_errors_total{reason="ApiError"}'] == 1
     assert series['pinserve_api_requests_total{verb="PATCH"}'] == 7
+    assert series['pinserve_reconcile_triggers_total{source="Pod"}'] == 9
+    assert series['pinserve_reconcile_triggers_total{source="timer"}'] == 1
     assert series["pinserve_workqueue_depth"] == 2
     assert series["pinserve_workqueue_scheduled"] == 1
     assert series["pinserve_modelservers"] == 5

@@ -86,7 +86,7 @@ async def test_trigger_later_runs_once_and_the_earlier_timer_wins() -> None:
     assert queue.scheduled() == 1
     await asyncio.wait_for(done.wait(), 5)
     await queue.drain()
-    assert runs == ["a"] and queue.scheduled() == 0
+    assert runs == ["a"] and queue.scheduled() == 0 and queue.fired == 1
 
 
 async def test_forget_and_cancel_drop_the_timers() -> None:

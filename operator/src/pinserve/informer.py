@@ -4,7 +4,7 @@ Per kind (and per namespace when the operator is restricted to some): list with
 :data:`pinserve.childcache.SELECTOR`, then watch from the list's resourceVersion with bookmarks,
 re-watching from the last resourceVersion seen when the server ends the stream, relisting when it
 says the resourceVersion expired (410 Gone, or any ERROR event), backing off on failures. Each change
-calls ``on_change`` with the ModelServers it concerns.
+calls ``on_change`` with the kind and the ModelServers it concerns.
 
 ``primed`` is set once every store has been listed: reconciles wait for it, so a reconcile never
 judges from an empty cache (and never re-creates what already exists).
@@ -31,7 +31,7 @@ WATCH_TIMEOUT = 300
 class Informer:
     """Fills ``stores`` from the API server; ``namespaces`` empty means the whole cluster."""
 
-    def __init__(self, api: KubeApi, on_change: Callable[[Iterable[Key]], None], *,
+    def __init__(self, api: KubeApi, on_change: Callable[[str, Iterable[Key]], None], *,
                  namespaces: tuple[str, ...] = (), stores: dict[str, Store] | None = None,
                  watch_timeout: int = WATCH_TIMEOUT,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
@@ -96,9 +96,9 @@ class Informer:
                 await task
         self._tasks.clear()
 
-    def _notify(self, change: Change) -> None:
+    def _notify(self, kind: str, change: Change) -> None:
         if change.keys:
-            self.on_change(change.keys)
+            self.on_change(kind, change.keys)
 
     async def _list(self, kind: str, ns: str | None, store: Store) -> None:
         answer = await self.api.list_object(kind, ns, label_selector=SELECTOR)
@@ -107,7 +107,7 @@ class Informer:
         self._listed.add((kind, ns))
         if len(self._listed) == len(self._streams):
             self.primed.set()
-        self._notify(change)
+        self._notify(kind, change)
 
     async def _watch(self, kind: str, ns: str | None, store: Store) -> None:
         """Follow events until the stream ends (re-watch) or the store asks for a relist."""
@@ -118,7 +118,7 @@ class Informer:
                 status = event.get("object") or {}
                 log.info("%s watch: %s %s; listing again", kind, status.get("code"), status.get("reason"))
                 return
-            self._notify(change)
+            self._notify(kind, change)
 
     async def _run(self, kind: str, ns: str | None, store: Store) -> None:
         backoff = BACKOFF_FIRST

@@ -44,6 +44,7 @@ class Sample:
     reconciles: Mapping[str, int]  # result -> count
     errors: Mapping[str, int]  # reason -> count
     requests: Mapping[str, int]  # verb -> count
+    triggers: Mapping[str, int]  # source (ModelServer, a child kind, Node, timer, resync, leader) -> count
     latency: Histogram
     queue_active: int
     queue_scheduled: int
@@ -88,6 +89,10 @@ def exposition(sample: Sample) -> str:
         *_family("pinserve_reconcile_errors_total", "counter",
                  "Reconciles that ended in an error, by reason (ApiError, ApplyFailed, NameConflict, Exception).",
                  _labelled("reason", sample.errors)),
+        *_family("pinserve_reconcile_triggers_total", "counter",
+                 "What set reconciles off: the ModelServer's events, a child kind's (Deployment, Pod, ...), a node's, "
+                 "a timed requeue, the periodic resync, becoming leader. Triggers of a queued key coalesce.",
+                 _labelled("source", sample.triggers)),
         *_family("pinserve_reconcile_duration_seconds", "histogram",
                  "Time of one reconcile: plan, render, apply, status and events.", buckets),
         *_family("pinserve_workqueue_depth", "gauge",

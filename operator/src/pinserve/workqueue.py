@@ -67,6 +67,7 @@ class KeyedQueue(Generic[K]):
         self._active: dict[K, asyncio.Task[None]] = {}
         self._dirty: set[K] = set()
         self._timers: dict[K, asyncio.TimerHandle] = {}
+        self.fired = 0  # timers that ran out (each a trigger)
 
     def trigger(self, key: K) -> None:
         """Run ``work(key)`` soon; if it is queued or running, make sure it runs once more."""
@@ -88,6 +89,7 @@ class KeyedQueue(Generic[K]):
 
     def _fire(self, key: K) -> None:
         self._timers.pop(key, None)
+        self.fired += 1
         self.trigger(key)
 
     def forget(self, key: K) -> None:

@@ -97,6 +97,7 @@ def sample() -> metrics.Sample:
         reconciles=metrics.counts(controller.results) if controller else {},
         errors=metrics.counts(controller.errors) if controller else {},
         requests=metrics.counts(controller.api.requests) if controller else {},
+        triggers=state.triggers(),
         latency=state.LATENCY,
         queue_active=queue.pending() if queue else 0,
         queue_scheduled=queue.scheduled() if queue else 0,
@@ -117,7 +118,7 @@ async def _resync_forever(interval: int) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            state.resync_all()
+            state.resync_all("resync")
         except Exception:  # the loop must survive any single failure
             log.exception("periodic resync failed")
 
@@ -130,7 +131,8 @@ async def _write_stats_forever(path: Path) -> None:
             tmp = path.with_suffix(".tmp")
             cached = state.INFORMER.sizes() if state.INFORMER is not None else {}
             tmp.write_text(json.dumps({"requests": dict(controller.api.requests),
-                                       "reconciles": controller.reconciles, "cached": cached}))
+                                       "reconciles": controller.reconciles, "triggers": state.triggers(),
+                                       "cached": cached}))
             tmp.replace(path)
         await asyncio.sleep(1)
 

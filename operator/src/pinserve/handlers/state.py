@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -26,6 +27,9 @@ INDICES: dict[str, Any] = {}
 # The children pinserve owns, from label-filtered list+watch caches (started at start-up, stopped at cleanup).
 INFORMER: Informer | None = None
 LAST_NODES: dict[str, NodeInfo] = {}
+# Reconcile triggers by what set them off (the ModelServer's own events, a child kind, a node, a timed requeue, the
+# periodic resync): triggers of a key already queued coalesce, so they outnumber reconciles.
+TRIGGERS: Counter[str] = Counter()
 
 MODELSERVER_INDEX = "pinserve_modelservers"
 NODE_INDEX = "pinserve_nodes"
@@ -46,6 +50,7 @@ def reset() -> None:
     LATENCY = Histogram()
     INDICES.clear()
     LAST_NODES.clear()
+    TRIGGERS.clear()
 
 
 def remember(kwargs: Mapping[str, Any]) -> None:
@@ -111,16 +116,23 @@ def queue() -> KeyedQueue[Key]:
     return QUEUE
 
 
-def trigger(key: Key) -> None:
+def triggers() -> dict[str, int]:
+    """Reconcile triggers by source, the timed requeues that fired included."""
+    fired = {"timer": QUEUE.fired} if QUEUE is not None and QUEUE.fired else {}
+    return {**TRIGGERS, **fired}
+
+
+def trigger(key: Key, source: str) -> None:
     if CONTROLLER is not None:
+        TRIGGERS[source] += 1
         queue().trigger(key)
 
 
-def children_changed(keys: Iterable[Key]) -> None:
-    """The informer saw owned objects change: reconcile their ModelServers (those that exist)."""
+def children_changed(kind: str, keys: Iterable[Key]) -> None:
+    """The informer saw owned objects of ``kind`` change: reconcile their ModelServers (those that exist)."""
     for key in keys:
         if modelserver_body(key) is not None:
-            trigger(key)
+            trigger(key, kind)
 
 
 def forget(key: Key) -> None:
@@ -136,11 +148,11 @@ def set_leading(leading: bool) -> None:
     global LEADING  # noqa: PLW0603  (module state by design)
     LEADING = leading
     if leading:
-        resync_all()
+        resync_all("leader")
 
 
-def resync_all() -> None:
+def resync_all(source: str) -> None:
     if not LEADING:
         return
     for key in modelserver_keys():
-        trigger(key)
+        trigger(key, source)

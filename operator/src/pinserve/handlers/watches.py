@@ -41,7 +41,7 @@ async def modelserver_changed(**kwargs: Any) -> None:
     if kwargs["event"].get("type") == "DELETED":
         state.forget(key)
         return  # owner references let the garbage collector remove the children
-    state.trigger(key)
+    state.trigger(key, "ModelServer")
 
 
 @kopf.on.event("nodes")
@@ -57,4 +57,4 @@ async def node_changed(**kwargs: Any) -> None:
         state.LAST_NODES[name] = info
     if previous == info or (previous is None and event.get("type") is None):
         return  # heartbeats, and the initial listing, change nothing we plan with
-    state.resync_all()
+    state.resync_all("Node")
