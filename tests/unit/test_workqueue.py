@@ -104,6 +104,63 @@ async def test_forget_and_cancel_drop_the_timers() -> None:
     assert runs == [] and queue.scheduled() == 0
 
 
+async def test_trigger_soon_folds_a_window_of_triggers_into_one_run() -> None:
+    runs: list[str] = []
+    ran = asyncio.Event()
+
+    async def work(key: str) -> None:
+        runs.append(key)
+        ran.set()
+
+    queue: KeyedQueue[str] = KeyedQueue(work)
+    for _ in range(20):
+        queue.trigger_soon("a", 0.05)
+        await asyncio.sleep(0)
+    assert runs == [] and queue.folding() == 1  # nothing runs before the window closes
+    await asyncio.wait_for(ran.wait(), 5)
+    await queue.drain()
+    assert runs == ["a"] and queue.folding() == 0
+    queue.trigger_soon("a", 0)  # no window: at once
+    await queue.drain()
+    assert runs == ["a", "a"]
+
+
+async def test_a_run_that_starts_closes_the_window_it_covers() -> None:
+    runs: list[str] = []
+
+    async def work(key: str) -> None:
+        runs.append(key)
+
+    queue: KeyedQueue[str] = KeyedQueue(work)
+    queue.trigger_soon("a", 60)
+    queue.trigger("a")  # e.g. the ModelServer changed: this run reads the children too
+    await queue.drain()
+    assert runs == ["a"] and queue.folding() == 0
+    queue.trigger_soon("a", 60)
+    queue.trigger_soon("b", 60)
+    queue.forget("a")
+    assert queue.folding() == 1
+    queue.cancel()
+    assert queue.folding() == 0 and runs == ["a"]
+
+
+async def test_a_window_opened_during_a_run_brings_one_more_run() -> None:
+    """The running reconcile read its state before the change: the window's run reads it."""
+    order, gate, queue = _one_slot_queue()
+    queue.trigger("a")
+    await asyncio.sleep(0)  # runs, holds the gate
+    queue.trigger_soon("a", 0.05)
+    queue.trigger_soon("a", 0.05)
+    gate.set()
+    await queue.drain()
+    assert order == ["a"] and queue.folding() == 1
+    for _ in range(500):  # the window closes, then its run ends
+        if not (queue.folding() or queue.pending()):
+            break
+        await asyncio.sleep(0.01)
+    assert order == ["a", "a"]
+
+
 def _one_slot_queue() -> tuple[list[str], asyncio.Event, KeyedQueue[str]]:
     """A one-slot queue whose runs record their key, then wait for the gate."""
     order: list[str] = []

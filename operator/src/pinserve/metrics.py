@@ -90,8 +90,8 @@ def exposition(sample: Sample) -> str:
                  "Reconciles that ended in an error, by reason (ApiError, ApplyFailed, NameConflict, Exception).",
                  _labelled("reason", sample.errors)),
         *_family("pinserve_reconcile_triggers_total", "counter",
-                 "What set reconciles off: the ModelServer's events, a child kind's (Deployment, Pod, ...), a node's, "
-                 "a timed requeue, the periodic resync, becoming leader. Triggers of a queued key coalesce.",
+                 "What set reconciles off: the ModelServer's events (status-echo: our own status write back), a child "
+                 "kind's, a node's, a timed requeue, the periodic resync, becoming leader. Triggers coalesce.",
                  _labelled("source", sample.triggers)),
         *_family("pinserve_reconcile_duration_seconds", "histogram",
                  "Time of one reconcile: plan, render, apply, status and events.", buckets),

@@ -6,6 +6,11 @@ event; a concurrency limit keeps a flood of keys from swamping the API server. A
 ModelServer just created, or just seen) goes before the re-runs of keys already reconciled: a create is
 not queued behind the pod and status echoes of the creates before it. ``trigger_later`` brings a key back
 after a delay (a bounded wait running out, an API error's backoff), one timer per key.
+
+``trigger_soon`` is for changes that need no answer within the moment (a child's status moving on, our own
+status write coming back): the changes of a short window fold into one run. A pod that starts sends several
+events within a second (scheduled, running, ready) and its Deployment's status follows each; folded, they
+cost one or two reconciles instead of one per event.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ class KeyedQueue(Generic[K]):
         self._dirty: set[K] = set()
         self._timers: dict[K, asyncio.TimerHandle] = {}
         self.fired = 0  # timers that ran out (each a trigger)
+        self._soon: dict[K, asyncio.TimerHandle] = {}  # trigger_soon's windows
 
     def trigger(self, key: K) -> None:
         """Run ``work(key)`` soon; if it is queued or running, make sure it runs once more."""
@@ -87,6 +93,22 @@ class KeyedQueue(Generic[K]):
             timer.cancel()
         self._timers[key] = loop.call_at(when, self._fire, key)
 
+    def trigger_soon(self, key: K, window: float) -> None:
+        """Run ``work(key)`` within ``window`` seconds: the triggers of one window fold into one run.
+
+        The run's work reads the state when it starts, so a run that starts meanwhile (any trigger) covers the
+        window and closes it. The wait is bounded by ``window`` from the first trigger: a key whose children
+        keep changing is still reconciled every ``window``.
+        """
+        if window <= 0:
+            self.trigger(key)
+        elif key not in self._soon:
+            self._soon[key] = asyncio.get_running_loop().call_later(window, self._window_closed, key)
+
+    def _window_closed(self, key: K) -> None:
+        self._soon.pop(key, None)
+        self.trigger(key)
+
     def _fire(self, key: K) -> None:
         self._timers.pop(key, None)
         self.fired += 1
@@ -95,12 +117,17 @@ class KeyedQueue(Generic[K]):
     def forget(self, key: K) -> None:
         """Drop the key's timer (its object is gone)."""
         self._ran.discard(key)
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
+        for timers in (self._timers, self._soon):
+            timer = timers.pop(key, None)
+            if timer is not None:
+                timer.cancel()
 
     def scheduled(self) -> int:
         return len(self._timers)
+
+    def folding(self) -> int:
+        """Keys with a trigger_soon window open."""
+        return len(self._soon)
 
     async def _run(self, key: K) -> None:
         try:
@@ -111,6 +138,9 @@ class KeyedQueue(Generic[K]):
                 try:
                     self._dirty.discard(key)
                     self._ran.add(key)
+                    window = self._soon.pop(key, None)
+                    if window is not None:  # this run reads what the window was waiting for
+                        window.cancel()
                     try:
                         await self._work(key)
                     except Exception:  # one key's failure must not stop the queue; resync retries it
@@ -132,6 +162,7 @@ class KeyedQueue(Generic[K]):
     def cancel(self) -> None:
         for task in self._active.values():
             task.cancel()
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
+        for timers in (self._timers, self._soon):
+            for timer in timers.values():
+                timer.cancel()
+            timers.clear()

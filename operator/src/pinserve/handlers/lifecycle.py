@@ -55,6 +55,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     state.CONTROLLER = Controller(api=KubeApi(Credentials.from_environment()), settings=operator_settings,
                                   status_coalesce=float(os.environ.get("PINSERVE_STATUS_HOLD_SECONDS",
                                                                        STATUS_COALESCE_SECONDS)))
+    state.SETTLE_SECONDS = float(os.environ.get("PINSERVE_SETTLE_SECONDS", state.SETTLE_SECONDS))
     await _start_informer(state.CONTROLLER.api, operator_settings.namespaces)
     state.RESYNC_TASK = asyncio.create_task(_resync_forever(operator_settings.resync_seconds))
     await _start_peering(settings, state.CONTROLLER.api, operator_settings.namespaces)

@@ -30,6 +30,9 @@ LAST_NODES: dict[str, NodeInfo] = {}
 # Reconcile triggers by what set them off (the ModelServer's own events, a child kind, a node, a timed requeue, the
 # periodic resync): triggers of a key already queued coalesce, so they outnumber reconciles.
 TRIGGERS: Counter[str] = Counter()
+# Changes that need no answer within the moment (a child's status moving on, our own status write coming back)
+# fold into one reconcile per this many seconds (KeyedQueue.trigger_soon); 0 reconciles on every change.
+SETTLE_SECONDS = 0.5
 
 MODELSERVER_INDEX = "pinserve_modelservers"
 NODE_INDEX = "pinserve_nodes"
@@ -122,17 +125,32 @@ def triggers() -> dict[str, int]:
     return {**TRIGGERS, **fired}
 
 
-def trigger(key: Key, source: str) -> None:
+def trigger(key: Key, source: str, *, settle: bool = False) -> None:
+    """Reconcile ``key`` now, or with ``settle`` within SETTLE_SECONDS, folded with the changes that follow."""
     if CONTROLLER is not None:
         TRIGGERS[source] += 1
-        queue().trigger(key)
+        if settle:
+            queue().trigger_soon(key, SETTLE_SECONDS)
+        else:
+            queue().trigger(key)
 
 
 def children_changed(kind: str, keys: Iterable[Key]) -> None:
-    """The informer saw owned objects of ``kind`` change: reconcile their ModelServers (those that exist)."""
+    """The informer saw owned objects of ``kind`` change: reconcile their ModelServers (those that exist).
+
+    A pod that starts changes several times within a second, and its Deployment's status follows each change:
+    these settle (SETTLE_SECONDS) into one reconcile. A change to the ModelServer itself does not wait.
+    """
     for key in keys:
         if modelserver_body(key) is not None:
-            trigger(key, kind)
+            trigger(key, kind, settle=True)
+
+
+def own_status_echo(key: Key, body: Mapping[str, Any]) -> bool:
+    """``body`` is the object our last status write made, come back through the watch."""
+    written = CONTROLLER.written.get(key) if CONTROLLER is not None else None
+    rv = (body.get("metadata") or {}).get("resourceVersion")
+    return written is not None and written.made is not None and rv == written.made
 
 
 def forget(key: Key) -> None:

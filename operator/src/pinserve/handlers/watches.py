@@ -41,7 +41,9 @@ async def modelserver_changed(**kwargs: Any) -> None:
     if kwargs["event"].get("type") == "DELETED":
         state.forget(key)
         return  # owner references let the garbage collector remove the children
-    state.trigger(key, "ModelServer")
+    # Our own status write coming back changes nothing we asked for: it settles with the children's changes.
+    echo = state.own_status_echo(key, kwargs["body"])
+    state.trigger(key, "status-echo" if echo else "ModelServer", settle=echo)
 
 
 @kopf.on.event("nodes")

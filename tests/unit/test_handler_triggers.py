@@ -1,0 +1,83 @@
+"""What sets a reconcile off, and when: the ModelServer's own changes at once, the rest folded into a window."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pinserve.childcache import pack
+from pinserve.controller import Controller, _Written
+from pinserve.handlers import state, watches
+from pinserve.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+KEY = ("ns", "ms")
+
+
+@pytest.fixture
+def runs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str]]]:
+    """The operator's state with one ModelServer in the index; reconciles are recorded, not carried out."""
+    done: list[tuple[str, str]] = []
+
+    async def reconcile(key: tuple[str, str]) -> None:
+        done.append(key)
+
+    state.reset()
+    monkeypatch.setattr(state, "_reconcile", reconcile)
+    state.CONTROLLER = Controller(api=None, settings=Settings())  # type: ignore[arg-type]
+    state.INDICES[state.MODELSERVER_INDEX] = {KEY: [pack({"metadata": {"name": "ms", "namespace": "ns"}})]}
+    yield done
+    state.reset()
+
+
+async def _settled() -> None:
+    for _ in range(500):
+        queue = state.queue()
+        if not (queue.folding() or queue.pending()):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the queue did not settle")
+
+
+async def test_child_changes_fold_into_one_reconcile(runs: list[tuple[str, str]]) -> None:
+    state.SETTLE_SECONDS = 0.05
+    for kind in ("Pod", "Deployment", "Pod", "Pod", "Deployment"):
+        state.children_changed(kind, [KEY, ("ns", "gone")])  # a ModelServer not in the index: nothing
+    assert runs == [] and state.queue().folding() == 1
+    await _settled()
+    assert runs == [KEY]
+    assert state.triggers() == {"Pod": 3, "Deployment": 2}
+
+
+async def test_the_modelserver_changing_does_not_wait_and_covers_the_window(runs: list[tuple[str, str]]) -> None:
+    state.SETTLE_SECONDS = 60.0
+    state.children_changed("Pod", [KEY])
+    state.trigger(KEY, "ModelServer")
+    await state.queue().drain()
+    assert runs == [KEY] and state.queue().folding() == 0
+
+
+async def test_our_own_status_write_coming_back_settles(runs: list[tuple[str, str]]) -> None:
+    assert state.CONTROLLER is not None
+    state.SETTLE_SECONDS = 60.0
+    state.CONTROLLER.written[KEY] = _Written("41", {"phase": "x"}, made="42")
+    echo: dict[str, Any] = {"metadata": {"name": "ms", "namespace": "ns", "resourceVersion": "42"}}
+    other = {"metadata": {"name": "ms", "namespace": "ns", "resourceVersion": "43"}}
+    assert state.own_status_echo(KEY, echo)
+    assert not state.own_status_echo(KEY, other)
+    assert not state.own_status_echo(("ns", "other"), echo)
+    await watches.modelserver_changed(event={"type": "MODIFIED"}, namespace="ns", name="ms", body=echo)
+    assert runs == [] and state.queue().folding() == 1  # waits for the window
+    await watches.modelserver_changed(event={"type": "MODIFIED"}, namespace="ns", name="ms", body=other)
+    await state.queue().drain()
+    assert runs == [KEY] and state.queue().folding() == 0  # someone else's change: at once
+    assert state.triggers() == {"status-echo": 1, "ModelServer": 1}
+    runs.clear()
+    state.SETTLE_SECONDS = 0.0  # no window: every trigger at once, as before
+    state.children_changed("Pod", [KEY])
+    await state.queue().drain()
+    assert runs == [KEY]
