@@ -81,3 +81,15 @@ async def test_our_own_status_write_coming_back_settles(runs: list[tuple[str, st
     state.children_changed("Pod", [KEY])
     await state.queue().drain()
     assert runs == [KEY]
+
+
+async def test_the_resync_rechecks_only_what_nothing_reconciled_for_a_period(runs: list[tuple[str, str]]) -> None:
+    quiet, busy, new = ("ns", "quiet"), ("ns", "busy"), ("ns", "new")
+    state.INDICES[state.MODELSERVER_INDEX] = {key: [pack({"metadata": {"name": key[1]}})] for key in (quiet, busy, new)}
+    state.LAST_RUN.update({quiet: 100.0, busy: 150.0})  # new: never reconciled (e.g. seen while following)
+    assert state.resync_stale(60.0, now=170.0) == 2
+    await state.queue().drain()
+    assert sorted(runs) == [("ns", "new"), ("ns", "quiet")]
+    assert state.triggers() == {"resync": 2}
+    state.LEADING = False  # a follower reconciles nothing
+    assert state.resync_stale(60.0, now=1000.0) == 0

@@ -28,6 +28,7 @@ _FOLLOWER: asyncio.Task[None] | None = None
 # How long a status that only says "progressing" may wait to be written (pinserve.controller.Controller):
 # a start that settles within it costs one status write. PINSERVE_STATUS_HOLD_SECONDS overrides it (0: off).
 STATUS_COALESCE_SECONDS = 10.0
+RESYNC_CHECKS = 6  # looks for ModelServers due a resync this many times per resync period
 
 
 @kopf.on.login()
@@ -115,11 +116,13 @@ async def _start_metrics(settings: Settings) -> None:
 
 
 async def _resync_forever(interval: int) -> None:
-    """Level-based safety net: re-evaluate every ModelServer from the indices (no API reads)."""
+    """Level-based safety net: re-evaluate, from the indices (no API reads), each ModelServer that nothing has
+    reconciled for ``interval`` seconds. Checked every sixth of it, so each is re-evaluated 1 to 1 1/6
+    intervals after its last reconcile."""
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(max(interval / RESYNC_CHECKS, 1.0))
         try:
-            state.resync_all("resync")
+            state.resync_stale(interval)
         except Exception:  # the loop must survive any single failure
             log.exception("periodic resync failed")
 

@@ -33,6 +33,9 @@ TRIGGERS: Counter[str] = Counter()
 # Changes that need no answer within the moment (a child's status moving on, our own status write coming back)
 # fold into one reconcile per this many seconds (KeyedQueue.trigger_soon); 0 reconciles on every change.
 SETTLE_SECONDS = 0.5
+# Key -> when (time.monotonic) its last reconcile started: the periodic resync re-checks only the keys that have
+# not been reconciled for a whole period, so it is spread over time instead of one burst of every ModelServer.
+LAST_RUN: dict[Key, float] = {}
 
 MODELSERVER_INDEX = "pinserve_modelservers"
 NODE_INDEX = "pinserve_nodes"
@@ -54,6 +57,7 @@ def reset() -> None:
     INDICES.clear()
     LAST_NODES.clear()
     TRIGGERS.clear()
+    LAST_RUN.clear()
 
 
 def remember(kwargs: Mapping[str, Any]) -> None:
@@ -98,7 +102,7 @@ async def _reconcile(key: Key) -> None:
     if INFORMER is not None:
         await INFORMER.primed.wait()  # never judge from caches not yet listed (start-up waits for this too)
     if CONTROLLER is not None and LEADING:
-        started = time.monotonic()
+        started = LAST_RUN[key] = time.monotonic()
         try:
             outcome = await CONTROLLER.sync(key, snapshot(key))
         except Exception:
@@ -155,6 +159,7 @@ def own_status_echo(key: Key, body: Mapping[str, Any]) -> bool:
 
 def forget(key: Key) -> None:
     """The ModelServer is gone: drop what is kept for it."""
+    LAST_RUN.pop(key, None)
     if CONTROLLER is not None:
         CONTROLLER.forget(key)
     if QUEUE is not None:
@@ -174,3 +179,18 @@ def resync_all(source: str) -> None:
         return
     for key in modelserver_keys():
         trigger(key, source)
+
+
+def resync_stale(period: float, now: float | None = None) -> int:
+    """The periodic safety net: reconcile the ModelServers not reconciled for ``period`` seconds; how many.
+
+    Events and timed requeues keep a busy ModelServer reconciled; only a quiet one is re-checked, each on its
+    own clock, so 1,000 ModelServers do not all come due in the same second.
+    """
+    if not LEADING:
+        return 0
+    now = time.monotonic() if now is None else now
+    due = [key for key in modelserver_keys() if now - LAST_RUN.get(key, float("-inf")) >= period]
+    for key in due:
+        trigger(key, "resync")
+    return len(due)
