@@ -11,6 +11,7 @@ import pytest
 from pinserve.childcache import pack
 from pinserve.controller import Controller, _Written
 from pinserve.handlers import state, watches
+from pinserve.planning import node_info
 from pinserve.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -93,3 +94,31 @@ async def test_the_resync_rechecks_only_what_nothing_reconciled_for_a_period(run
     assert state.triggers() == {"resync": 2}
     state.LEADING = False  # a follower reconciles nothing
     assert state.resync_stale(60.0, now=1000.0) == 0
+
+
+def _node(name: str, cpu: str = "8", ready: bool = True) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": {"allocatable": {"cpu": cpu, "memory": "16Gi"},
+                                                   "conditions": [{"type": "Ready", "status": str(ready)}]}}
+
+
+async def test_the_node_list_is_kept_until_a_node_changes_what_we_plan_with(runs: list[tuple[str, str]]) -> None:
+    index: dict[str, list[Any]] = {}
+    state.INDICES[state.NODE_INDEX] = index
+
+    async def event(name: str, kind: str | None, body: dict[str, Any]) -> None:
+        index[name] = [node_info(body)]  # kopf updates its index, then calls the handler
+        await watches.node_changed(event={"type": kind}, name=name, body=body, **state.INDICES)
+
+    await event("b", None, _node("b"))  # the initial listing
+    assert [n.name for n in state.nodes()] == ["b"]
+    await event("a", None, _node("a"))
+    assert [n.name for n in state.nodes()] == ["a", "b"]
+    await event("a", "MODIFIED", _node("a"))  # a heartbeat: the same NodeInfo
+    assert state.nodes() is state.nodes() and state.triggers() == {}
+    await event("c", "ADDED", _node("c", cpu="2"))  # a new node: every ModelServer may plan with it
+    assert [n.name for n in state.nodes()] == ["a", "b", "c"] and state.triggers() == {"Node": 1}
+    await event("b", "MODIFIED", _node("b", ready=False))  # what we plan with
+    assert not next(n for n in state.nodes() if n.name == "b").ready
+    assert state.triggers() == {"Node": 2}
+    await state.queue().drain()
+    assert runs == [KEY]  # the two triggers came before the run: one run

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -75,9 +74,13 @@ def _contains_field(key: str, live: Any, desired: Any) -> bool:
 
 
 def stamped(desired: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``desired`` annotated with the hash of itself (without that annotation)."""
-    obj = copy.deepcopy(dict(desired))
-    meta = obj.setdefault("metadata", {})
+    """``desired`` annotated with the hash of itself (without that annotation).
+
+    A new object and metadata; the rest (spec, data) is shared with ``desired``, never changed here: rendered
+    objects are made afresh per reconcile, and copying a Deployment deeply cost more than hashing it.
+    """
+    obj = dict(desired)
+    meta = obj["metadata"] = dict(obj.get("metadata") or {})
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != ANNOTATION_DESIRED_HASH}
     if annotations:
         meta["annotations"] = annotations

@@ -27,6 +27,9 @@ INDICES: dict[str, Any] = {}
 # The children pinserve owns, from label-filtered list+watch caches (started at start-up, stopped at cleanup).
 INFORMER: Informer | None = None
 LAST_NODES: dict[str, NodeInfo] = {}
+# The node index as a list, kept until a node changes what we plan with (node_changed calls nodes_changed):
+# building it per reconcile walked every node of the cluster.
+_NODES: list[NodeInfo] | None = None
 # Reconcile triggers by what set them off (the ModelServer's own events, a child kind, a node, a timed requeue, the
 # periodic resync): triggers of a key already queued coalesce, so they outnumber reconciles.
 TRIGGERS: Counter[str] = Counter()
@@ -44,7 +47,7 @@ CHILD_KINDS = ("Deployment", "Service", "ConfigMap", "Job")
 
 
 def reset() -> None:
-    global CONTROLLER, RESYNC_TASK, STATS_TASK, QUEUE, LEADING, LATENCY, INFORMER  # noqa: PLW0603  (module state by design)
+    global CONTROLLER, RESYNC_TASK, STATS_TASK, QUEUE, LEADING, LATENCY, INFORMER, _NODES  # noqa: PLW0603  (module state by design)
     if QUEUE is not None:
         QUEUE.cancel()
     QUEUE = None
@@ -54,6 +57,7 @@ def reset() -> None:
     STATS_TASK = None
     LEADING = True
     LATENCY = Histogram()
+    _NODES = None
     INDICES.clear()
     LAST_NODES.clear()
     TRIGGERS.clear()
@@ -73,8 +77,19 @@ def _values(index: Any, key: Any) -> list[Any]:
 
 
 def nodes() -> list[NodeInfo]:
-    index = INDICES.get(NODE_INDEX)
-    return [info for store in (index or {}).values() for info in store]
+    global _NODES  # noqa: PLW0603  (module state by design)
+    if _NODES is None:
+        index = INDICES.get(NODE_INDEX)
+        if index is None:
+            return []  # no handler has run yet: nothing to keep
+        _NODES = sorted((info for store in index.values() for info in store), key=lambda n: n.name)
+    return _NODES
+
+
+def nodes_changed() -> None:
+    """A node appeared, left or changed what we plan with: the next nodes() reads the index again."""
+    global _NODES  # noqa: PLW0603  (module state by design)
+    _NODES = None
 
 
 def modelserver_keys() -> list[Key]:

@@ -20,14 +20,16 @@ log = logging.getLogger("pinserve")
 # (pinserve.informer, started at start-up): kopf would watch every pod of the cluster and filter here.
 
 
+# Both are async, though they never await: kopf runs a sync handler in a thread pool, and the hop there and back
+# cost more than packing a ModelServer.
 @kopf.index(GROUP, VERSION, PLURAL)
-def pinserve_modelservers(**kw: Any) -> Any:
+async def pinserve_modelservers(**kw: Any) -> Any:
     # Packed (compressed JSON): a ModelServer with its status is ~15 KB of Python objects, ~1 KB packed.
     return {(kw["namespace"], kw["name"]): pack(plain(kw["body"]))}
 
 
 @kopf.index("nodes")
-def pinserve_nodes(**kw: Any) -> Any:
+async def pinserve_nodes(**kw: Any) -> Any:
     return {kw["name"]: node_info(kw["body"])}
 
 
@@ -57,6 +59,9 @@ async def node_changed(**kwargs: Any) -> None:
         state.LAST_NODES.pop(name, None)
     else:
         state.LAST_NODES[name] = info
-    if previous == info or (previous is None and event.get("type") is None):
-        return  # heartbeats, and the initial listing, change nothing we plan with
+    if previous == info:
+        return  # heartbeats change nothing we plan with
+    state.nodes_changed()
+    if previous is None and event.get("type") is None:
+        return  # the initial listing: the ModelServers are reconciled as they are listed
     state.resync_all("Node")
