@@ -15,7 +15,8 @@ from pinserve.api import InvalidSpecError, ModelServer, parse_modelserver
 from pinserve.drift import in_sync, stamped
 from pinserve.nodeclass import PlacementRecord
 from pinserve.pinning import pinned_condition, pod_view
-from pinserve.planning import NodeInfo, Placement, PlanError, plan
+from pinserve.plancache import PLANS
+from pinserve.planning import NodeInfo, Placement, PlanError
 from pinserve.podfailures import KEEP_REJECTED, new_causes, ready_problem, rejected_record, rejected_to_delete
 from pinserve.redact import redact_text
 from pinserve.render import render_children
@@ -191,7 +192,7 @@ def reconcile(
 
     try:
         # The recorded placement sticks while the spec is the same and a node of its class is left.
-        placement = plan(ms.spec, nodes, settings, PlacementRecord.from_status(current.get("placement")))
+        placement = PLANS.plan(ms.spec, nodes, settings, PlacementRecord.from_status(current.get("placement")))
     except PlanError as exc:
         conditions = [Condition("Placed", "False", exc.reason, exc.message)]
         ready = _deployment_ready(ms, deployment, False, observed.pods, rejected)
