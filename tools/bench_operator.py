@@ -39,6 +39,7 @@ from typing import Any
 from pinserve.kube import Credentials, KubeApi
 from tools import cluster as cluster_tools
 from tools import fakenodes
+from tools.procstats import cpu_seconds, recorded_pids, rss_mb, wait_quiet
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,19 +53,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU the process has used (``/proc/PID/stat`` fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -164,12 +152,16 @@ class Result:
     cpu_s: float = float("nan")  # the operator's CPU from the first create until converged
     reconciles: int = 0
     triggers: Counter[str] = field(default_factory=Counter)  # what set reconciles off, by source
+    cluster_cores: float = float("nan")  # the control plane's CPU use when the column started
 
 
 async def measure(api: KubeApi, label: str, namespace: str, *, command: list[str], env: dict[str, str],
-                  scope: str, args: argparse.Namespace, logs: Path) -> Result:
+                  scope: str, args: argparse.Namespace, logs: Path, cluster_pids: list[int]) -> Result:
     """One operator process, one batch of creates in ``namespace``: the figures of one column."""
     result = Result(label, scope)
+    # Each column starts on a quiet control plane: the first one used to start while it still settled its nodes.
+    waited, result.cluster_cores = await asyncio.to_thread(wait_quiet, cluster_pids)
+    print(f"-- control plane at {result.cluster_cores:.2f} cores after {waited:.0f} s", flush=True)
     stats = Path(tempfile.mkdtemp()) / "stats.json"
     env = {**env, "PINSERVE_STATS_FILE": str(stats)}
     print(f"-- {label}: {' '.join(command[1:])} ({scope})", flush=True)
@@ -299,7 +291,7 @@ async def _run(args: argparse.Namespace, state_dir: Path) -> None:
             else:  # kopf reads port 0 as 80: a free port of its own
                 command = [sys.executable, "-m", "pinserve", "run", "--liveness", f"http://127.0.0.1:{free_port()}/healthz"]
             results.append(await measure(api, label, ns, command=command, env=scoped, scope=scope, args=args,
-                                         logs=local.logs_dir))
+                                         logs=local.logs_dir, cluster_pids=recorded_pids(state_dir)))
     finally:
         await api.close()
         if not args.keep:
@@ -320,6 +312,7 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
     per = max(args.modelservers, 1)
     rows: list[tuple[str, list[str]]] = [
         ("scope", [r.scope for r in results]),
+        ("control plane CPU at the start (cores)", [f"{r.cluster_cores:.2f}" for r in results]),
         ("create->Deployment p50 (ms)", [f"{percentile(r.latencies, 0.5):.0f}" for r in results]),
         ("create->Deployment p99 (ms)", [f"{percentile(r.latencies, 0.99):.0f}" for r in results]),
         ("create->Deployment max (ms)", [f"{max(r.latencies, default=float('nan')):.0f}" for r in results]),

@@ -42,6 +42,7 @@ SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 # Connections to the API server, all kept alive (the earlier aiohttp client's limit).
 POOL_CONNECTIONS = 64
+HTTP2 = False
 # Items per page of a List (client-go's pager and reflector use 500).
 LIST_PAGE = 500
 
@@ -152,7 +153,8 @@ class KubeApi:
             # re-open (a TLS handshake each) the rest. The transport keeps as many as it may open.
             transport = httpx.AsyncHTTPTransport(
                 verify=client_adapter.verify_cluster(config.cluster, config.user or User(), config.abs_file),
-                limits=httpx.Limits(max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS))
+                limits=httpx.Limits(max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS),
+                http2=HTTP2)
             self._client = lightkube.AsyncClient(config, field_manager=MANAGER, transport=transport,
                                                  timeout=httpx.Timeout(self._timeout))
         # AsyncClient's request engine: the public methods would send, decode and raise in one go, and its
