@@ -26,6 +26,8 @@ def test_a_list_read_in_pages_is_whole_and_a_watch_starts_where_it_ends(
     cluster.apply_objects([configmap(namespace, f"cm-{i}") for i in range(7)] +
                           [configmap(namespace, "other", labelled=False)])
 
+    protocols: dict[str, int] = {}
+
     async def run() -> tuple[list[str], int, list[tuple[str, str]]]:
         api = KubeApi(Credentials.from_kubeconfig(str(cluster.kubeconfig)))
         try:
@@ -40,6 +42,7 @@ def test_a_list_read_in_pages_is_whole_and_a_watch_starts_where_it_ends(
                 if event["type"] != "BOOKMARK":
                     seen.append((event["type"], event["object"]["metadata"]["name"]))
                     break
+            protocols.update(api.protocols)
             return names, pages, seen
         finally:
             await api.close()
@@ -48,3 +51,5 @@ def test_a_list_read_in_pages_is_whole_and_a_watch_starts_where_it_ends(
     assert names == [f"cm-{i}" for i in range(7)]
     assert pages == 3  # 3 + 3 + 1
     assert seen == [("ADDED", "cm-late")]
+    # HTTP/2, as client-go: the watch and the requests are streams of one connection.
+    assert protocols == {"HTTP/2": 5}  # three pages, the apply, the watch
