@@ -40,13 +40,10 @@ from pinserve.retry import TRANSPORT, RetryPolicy, next_wait, parse_retry_after,
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
-# HTTP/2 (ALPN; HTTP/1.1 where the server does not offer it), as client-go: requests and watches are streams of
-# one connection. Over HTTP/1.1 each watch holds a connection of its own (5 per watched namespace), and
-# the pool checks every idle connection on each request: 2.5 ms of CPU per apply with 48 side by side,
-# against 1.5 ms over HTTP/2 (sequential requests cost 1.8 ms and 2.3 ms: h2 is pure Python).
-HTTP2 = True
-# Connections to the API server, all kept alive (over HTTP/1.1: side-by-side requests re-opened connections, a
-# TLS handshake each, with httpx's default of 20).
+# Connections to the API server kept alive, besides those the watches hold (over HTTP/1.1 a watch holds one for
+# as long as it runs): side-by-side requests re-opened connections, a TLS handshake each, with httpx's default of 20.
+# (HTTP/2 was measured and left: httpx's h2 cut the CPU of 48 side-by-side applies from 2.5 to 1.5 ms each, but
+# not the operator's at scale, and its answers came back later beside the watch streams.)
 POOL_CONNECTIONS = 64
 # Items per page of a List (client-go's pager and reflector use 500).
 LIST_PAGE = 500
@@ -139,6 +136,7 @@ class KubeApi:
     """The operator's only door to the API server; counts requests (tries) by verb for the benchmarks."""
 
     def __init__(self, credentials: Credentials, *, timeout: float = 30.0, retry: RetryPolicy | None = None,
+                 watches: int = 0,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  rand: Callable[[], float] = random.random) -> None:
         self.credentials = credentials
@@ -149,6 +147,7 @@ class KubeApi:
         self.sleep = sleep
         self.rand = rand
         self._timeout = timeout
+        self._connections = POOL_CONNECTIONS + max(watches, 0)  # ``watches``: how many the caller keeps open
         self._client: lightkube.AsyncClient | None = None
 
     def _lightkube(self) -> GenericAsyncClient:
@@ -159,8 +158,7 @@ class KubeApi:
             # re-open (a TLS handshake each) the rest. The transport keeps as many as it may open.
             transport = httpx.AsyncHTTPTransport(
                 verify=client_adapter.verify_cluster(config.cluster, config.user or User(), config.abs_file),
-                limits=httpx.Limits(max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS),
-                http2=HTTP2)
+                limits=httpx.Limits(max_connections=self._connections, max_keepalive_connections=self._connections))
             self._client = lightkube.AsyncClient(config, field_manager=MANAGER, transport=transport,
                                                  timeout=httpx.Timeout(self._timeout))
         # AsyncClient's request engine: the public methods would send, decode and raise in one go, and its

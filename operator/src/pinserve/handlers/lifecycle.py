@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from pinserve import kubelogin, metrics
+from pinserve import childcache, kubelogin, metrics
 from pinserve.controller import Controller
 from pinserve.handlers import state
 from pinserve.informer import Informer
@@ -53,7 +53,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     operator_settings = Settings.from_env()
-    state.CONTROLLER = Controller(api=KubeApi(Credentials.from_environment()), settings=operator_settings,
+    # The informer's watches (one per child kind and watched namespace) each hold a connection of the pool.
+    watches = len(childcache.CHILD_KINDS) * max(len(operator_settings.namespaces), 1)
+    state.CONTROLLER = Controller(api=KubeApi(Credentials.from_environment(), watches=watches),
+                                  settings=operator_settings,
                                   status_coalesce=float(os.environ.get("PINSERVE_STATUS_HOLD_SECONDS",
                                                                        STATUS_COALESCE_SECONDS)))
     state.SETTLE_SECONDS = float(os.environ.get("PINSERVE_SETTLE_SECONDS", state.SETTLE_SECONDS))
