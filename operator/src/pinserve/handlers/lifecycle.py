@@ -121,10 +121,12 @@ async def _start_metrics(settings: Settings) -> None:
 async def _resync_forever(interval: int) -> None:
     """Level-based safety net: re-evaluate, from the indices (no API reads), each ModelServer that nothing has
     reconciled for ``interval`` seconds. Checked every sixth of it, so each is re-evaluated 1 to 1 1/6
-    intervals after its last reconcile."""
+    intervals after its last reconcile. The node list is read from kopf's index again at each check too (a node
+    that left while a watch was down, with no event, is not planned with for long)."""
     while True:
         await asyncio.sleep(max(interval / RESYNC_CHECKS, 1.0))
         try:
+            state.nodes_changed()
             state.resync_stale(interval)
         except Exception:  # the loop must survive any single failure
             log.exception("periodic resync failed")
