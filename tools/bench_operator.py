@@ -11,7 +11,8 @@ each time in a fresh namespace and with the operator as its own process:
 Printed side by side: time from create to Deployment present (p50/p99, measured with a watch from this
 process), the operator's API requests by verb per create (from its stats file), convergence (the last
 operator write after the last create), the operator's CPU (``/proc``), reconciles per create and what set them
-off (by source), RSS, and the requests per idle minute.
+off (by source), RSS, and the requests per idle minute. Each column starts once the control plane's processes
+use less than a quarter of a core (at most 240 s later); how busy they still were is printed too.
 
 Usage: python -m tools.bench_operator [--modelservers 1000] [--nodes 200] [--rate 10] [--unrelated-pods 5000]
 """
