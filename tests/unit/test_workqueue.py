@@ -71,15 +71,20 @@ async def test_a_failing_key_is_logged_and_the_queue_goes_on(caplog: pytest.LogC
     assert queue.pending() == 0
 
 
-async def test_trigger_later_runs_once_and_the_earlier_timer_wins() -> None:
+def _recording_queue() -> tuple[list[str], asyncio.Event, KeyedQueue[str]]:
+    """A queue whose runs record their key and set the event."""
     runs: list[str] = []
-    done = asyncio.Event()
+    ran = asyncio.Event()
 
     async def work(key: str) -> None:
         runs.append(key)
-        done.set()
+        ran.set()
 
-    queue: KeyedQueue[str] = KeyedQueue(work)
+    return runs, ran, KeyedQueue(work)
+
+
+async def test_trigger_later_runs_once_and_the_earlier_timer_wins() -> None:
+    runs, done, queue = _recording_queue()
     queue.trigger_later("a", 60)
     queue.trigger_later("a", 0.01)  # earlier: replaces the first
     queue.trigger_later("a", 30)  # later: ignored
@@ -90,12 +95,7 @@ async def test_trigger_later_runs_once_and_the_earlier_timer_wins() -> None:
 
 
 async def test_forget_and_cancel_drop_the_timers() -> None:
-    runs: list[str] = []
-
-    async def work(key: str) -> None:
-        runs.append(key)
-
-    queue: KeyedQueue[str] = KeyedQueue(work)
+    runs, _, queue = _recording_queue()
     queue.trigger_later("a", 0.01)
     queue.trigger_later("b", 0.01)
     queue.forget("a")
@@ -105,14 +105,7 @@ async def test_forget_and_cancel_drop_the_timers() -> None:
 
 
 async def test_trigger_soon_folds_a_window_of_triggers_into_one_run() -> None:
-    runs: list[str] = []
-    ran = asyncio.Event()
-
-    async def work(key: str) -> None:
-        runs.append(key)
-        ran.set()
-
-    queue: KeyedQueue[str] = KeyedQueue(work)
+    runs, ran, queue = _recording_queue()
     for _ in range(20):
         queue.trigger_soon("a", 0.05)
         await asyncio.sleep(0)
@@ -126,12 +119,7 @@ async def test_trigger_soon_folds_a_window_of_triggers_into_one_run() -> None:
 
 
 async def test_a_run_that_starts_closes_the_window_it_covers() -> None:
-    runs: list[str] = []
-
-    async def work(key: str) -> None:
-        runs.append(key)
-
-    queue: KeyedQueue[str] = KeyedQueue(work)
+    runs, _, queue = _recording_queue()
     queue.trigger_soon("a", 60)
     queue.trigger("a")  # e.g. the ModelServer changed: this run reads the children too
     await queue.drain()

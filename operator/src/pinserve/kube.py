@@ -141,7 +141,6 @@ class KubeApi:
                  rand: Callable[[], float] = random.random) -> None:
         self.credentials = credentials
         self.requests: Counter[str] = Counter()
-        self.protocols: Counter[str] = Counter()  # answers by HTTP version ("HTTP/2", "HTTP/1.1")
         self.retry = retry or RetryPolicy()
         # Injected for tests, which record the waits instead of spending them.
         self.sleep = sleep
@@ -181,7 +180,6 @@ class KubeApi:
             try:
                 with _transport_errors(br.method, br.url, self._timeout):
                     resp = await _transmit(client, client.build_adapter_request(br))
-                self.protocols[resp.http_version] += 1
                 if resp.status_code >= 400:
                     raise _error(resp)
                 return resp
@@ -334,7 +332,6 @@ class KubeApi:
         self.requests["WATCH"] += 1
         with _transport_errors("WATCH", br.url, self._timeout):
             resp = await _transmit(client, client.build_adapter_request(br), stream=True)
-            self.protocols[resp.http_version] += 1
             try:
                 if resp.status_code >= 400:
                     await resp.aread()
