@@ -4,7 +4,7 @@ On ModelServer creation it server-side-applies the three children pinserve makes
 Deployment, rendered by pinserve's pure render functions against an imaginary node) and nothing else:
 no indices, no status, no watches of its own. Every HTTP request the process makes (kopf's own
 included: its watches, finalizer and progress patches, events) is counted by verb and written to
-PINSERVE_STATS_FILE each second, as pinserve writes its own there.
+PINSERVE_STATS_FILE each second, as pinserve writes its own there, with the event loop's lag and GC pauses.
 
 Usage: python -m tools.bench_floor --namespace NS   (KUBECONFIG names the cluster)
 """
@@ -25,6 +25,7 @@ import aiohttp
 import kopf
 
 from pinserve.kube import Credentials, KubeApi
+from pinserve.loopwatch import LoopWatch
 from pinserve.offline import render_documents
 
 # Every request of the process, kopf's included: aiohttp is the client of both.
@@ -42,12 +43,14 @@ async def _counted_request(self: aiohttp.ClientSession, method: str, *args: Any,
 aiohttp.ClientSession._request = _counted_request  # type: ignore[method-assign]
 
 _API: KubeApi | None = None
+_LOOP = LoopWatch()  # the same event-loop lag and GC figures pinserve writes
 
 
 @kopf.on.startup()
 async def startup(**_: Any) -> None:
     global _API  # noqa: PLW0603  (the floor is one module-level operator)
     _API = KubeApi(Credentials.from_kubeconfig())
+    _LOOP.start()
     stats = os.environ.get("PINSERVE_STATS_FILE")
     if stats:
         asyncio.create_task(_write_stats_forever(Path(stats)))  # noqa: RUF006  (lives as long as the process)
@@ -57,7 +60,8 @@ async def _write_stats_forever(path: Path) -> None:
     while True:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"requests": dict(ALL_REQUESTS),
-                                   "own": dict(_API.requests) if _API else {}, "reconciles": 0}))
+                                   "own": dict(_API.requests) if _API else {}, "reconciles": 0,
+                                   "loop": _LOOP.summary()}))
         tmp.replace(path)
         await asyncio.sleep(1)
 

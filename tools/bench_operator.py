@@ -40,7 +40,7 @@ from typing import Any
 from pinserve.kube import Credentials, KubeApi
 from tools import cluster as cluster_tools
 from tools import fakenodes
-from tools.procstats import cpu_seconds, recorded_pids, rss_mb, wait_quiet
+from tools.procstats import cpu_seconds, loop_delta, recorded_pids, rss_mb, wait_quiet
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -154,6 +154,7 @@ class Result:
     reconciles: int = 0
     triggers: Counter[str] = field(default_factory=Counter)  # what set reconciles off, by source
     cluster_cores: float = float("nan")  # the control plane's CPU use when the column started
+    loop: dict[str, float] = field(default_factory=dict)  # event-loop lag and GC from the first create on
 
 
 async def measure(api: KubeApi, label: str, namespace: str, *, command: list[str], env: dict[str, str],
@@ -204,6 +205,7 @@ async def measure(api: KubeApi, label: str, namespace: str, *, command: list[str
             result.reconciles = int(after.get("reconciles") or 0) - int(before.get("reconciles") or 0)
             result.triggers = Counter(after.get("triggers") or {}) - Counter(before.get("triggers") or {})
             result.cached = after.get("cached") or {}
+            result.loop = loop_delta(before.get("loop") or {}, after.get("loop") or {})
             result.per_create = Counter(after["requests"]) - Counter(before["requests"])
             if "own" in after:
                 result.per_create_own = Counter(after["own"]) - Counter(before.get("own") or {})
@@ -331,6 +333,14 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
         ("RSS before creates (MB)", [f"{r.rss_start:.0f}" for r in results]),
         ("RSS converged (MB)", [f"{r.rss_end:.0f}" for r in results]),
         ("RSS after idling (MB)", [f"{r.rss_idle:.0f}" for r in results]),
+        ("event-loop lag: seconds late in total",
+         [f"{r.loop['lag_seconds']:.1f}" if r.loop else "-" for r in results]),
+        ("probe wake-ups late > 50 ms / > 250 ms / > 1 s",
+         [f"{r.loop['over 0.05']:.0f} / {r.loop['over 0.25']:.0f} / {r.loop['over 1']:.0f}" if r.loop else "-"
+          for r in results]),
+        ("GC gen 2: collections, seconds (gen 0+1 seconds)",
+         [f"{r.loop['gc2']:.0f}, {r.loop['gc2 s']:.2f} ({r.loop['gc01 s']:.2f})" if r.loop else "-"
+          for r in results]),
         ("objects cached (pinserve's informer)",
          [" ".join(f"{k} {v}" for k, v in r.cached.items()) or "-" for r in results]),
     ]

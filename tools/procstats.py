@@ -1,4 +1,5 @@
-"""What the benchmarks read of processes from ``/proc``: RSS, CPU time, and a control plane gone quiet."""
+"""What the benchmarks read of processes: RSS and CPU time from `/proc`, a control plane gone quiet, and the
+event-loop lag and GC pauses an operator wrote to its stats file."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 
 def rss_mb(pid: int) -> float:
@@ -48,3 +50,18 @@ def wait_quiet(pids: Iterable[int], *, below: float = 0.25, window: float = 5.0,
         if cores < below:
             break
     return waited, cores
+
+
+def loop_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """The event-loop lag and GC pauses (pinserve.loopwatch summaries) between two stats files."""
+    if not after:
+        return {}
+    gc0, gc1 = before.get("gc") or {}, after["gc"]
+
+    def gc(gen: str, key: str) -> float:
+        return float(gc1.get(gen, {}).get(key, 0)) - float(gc0.get(gen, {}).get(key, 0))
+
+    over = {f"over {b}": n - (before.get("lag_over") or {}).get(b, 0) for b, n in after["lag_over"].items()}
+    return {"lag_seconds": after["lag_seconds"] - before.get("lag_seconds", 0.0), **over,
+            "gc2": gc("2", "collections"), "gc2 s": gc("2", "seconds"),
+            "gc01 s": gc("0", "seconds") + gc("1", "seconds")}

@@ -50,6 +50,9 @@ class Sample:
     queue_scheduled: int
     modelservers: int
     leader: bool
+    loop_lag: Histogram | None = None  # how late the event loop's probe woke (pinserve.loopwatch)
+    gc_collections: Mapping[str, int] = field(default_factory=dict)  # generation -> collections
+    gc_seconds: Mapping[str, float] = field(default_factory=dict)  # generation -> seconds the collector ran
 
 
 def _escape(value: str) -> str:
@@ -75,13 +78,33 @@ def _labelled(label: str, counts: Mapping[str, int]) -> list[tuple[str, Mapping[
     return [("", {label: key}, float(value)) for key, value in sorted(counts.items())]
 
 
-def exposition(sample: Sample) -> str:
-    """The Prometheus text format of one sample."""
-    h = sample.latency
-    buckets: list[tuple[str, Mapping[str, str], float]] = [
+def _histogram(h: Histogram) -> list[tuple[str, Mapping[str, str], float]]:
+    cumulative: list[tuple[str, Mapping[str, str], float]] = [
         ("_bucket", {"le": _number(bound)}, float(count)) for bound, count in zip(h.buckets, h.counts, strict=True)
     ]
-    buckets += [("_bucket", {"le": "+Inf"}, float(h.count)), ("_sum", {}, h.total), ("_count", {}, float(h.count))]
+    return [*cumulative, ("_bucket", {"le": "+Inf"}, float(h.count)), ("_sum", {}, h.total),
+            ("_count", {}, float(h.count))]
+
+
+def _loop(sample: Sample) -> list[str]:
+    lines: list[str] = []
+    if sample.loop_lag is not None:
+        lines += _family("pinserve_event_loop_lag_seconds", "histogram",
+                         "How late a timer of the operator's event loop fired (probed every 0.1 s): the time any "
+                         "event waits before the operator can look at it.", _histogram(sample.loop_lag))
+    if sample.gc_collections:
+        lines += _family("pinserve_gc_collections_total", "counter",
+                         "Collections of Python's cyclic garbage collector by generation.",
+                         _labelled("generation", sample.gc_collections))
+        lines += _family("pinserve_gc_pause_seconds_total", "counter",
+                         "Seconds the garbage collector stopped the operator, by generation.",
+                         [("", {"generation": g}, float(v)) for g, v in sorted(sample.gc_seconds.items())])
+    return lines
+
+
+def exposition(sample: Sample) -> str:
+    """The Prometheus text format of one sample."""
+    buckets = _histogram(sample.latency)
     lines = [
         *_family("pinserve_reconciles_total", "counter",
                  "Reconciles of a ModelServer by result (ok, or error: Ready=False for a reason the operator met).",
@@ -108,6 +131,7 @@ def exposition(sample: Sample) -> str:
         *_family("pinserve_leader", "gauge",
                  "1 when this replica is the one that reconciles (kopf peering), 0 while it waits.",
                  [("", {}, 1.0 if sample.leader else 0.0)]),
+        *_loop(sample),
     ]
     return "\n".join(lines) + "\n"
 

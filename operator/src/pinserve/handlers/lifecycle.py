@@ -18,6 +18,7 @@ from pinserve.controller import Controller
 from pinserve.handlers import state
 from pinserve.informer import Informer
 from pinserve.kube import Credentials, KubeApi
+from pinserve.loopwatch import LoopWatch
 from pinserve.peering import Follower
 from pinserve.settings import Settings
 
@@ -25,6 +26,8 @@ log = logging.getLogger("pinserve")
 # Started with the operator, stopped at cleanup: the metrics endpoint and the peering follower.
 _METRICS: web.AppRunner | None = None
 _FOLLOWER: asyncio.Task[None] | None = None
+# The event loop's lag and the garbage collector's pauses, for /metrics and the stats file.
+_LOOP: LoopWatch | None = None
 # How long a status that only says "progressing" may wait to be written (pinserve.controller.Controller):
 # a start that settles within it costs one status write. PINSERVE_STATUS_HOLD_SECONDS overrides it (0: off).
 STATUS_COALESCE_SECONDS = 10.0
@@ -60,6 +63,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
                                   status_coalesce=float(os.environ.get("PINSERVE_STATUS_HOLD_SECONDS",
                                                                        STATUS_COALESCE_SECONDS)))
     state.SETTLE_SECONDS = float(os.environ.get("PINSERVE_SETTLE_SECONDS", state.SETTLE_SECONDS))
+    _watch_loop()
     await _start_informer(state.CONTROLLER.api, operator_settings.namespaces)
     state.RESYNC_TASK = asyncio.create_task(_resync_forever(operator_settings.resync_seconds))
     await _start_peering(settings, state.CONTROLLER.api, operator_settings.namespaces)
@@ -68,6 +72,12 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if stats_file:
         state.STATS_TASK = asyncio.create_task(_write_stats_forever(Path(stats_file)))
     log.info("pinserve started: %s", operator_settings)
+
+
+def _watch_loop() -> None:
+    global _LOOP  # noqa: PLW0603  (module state by design)
+    _LOOP = LoopWatch()
+    _LOOP.start()
 
 
 async def _start_informer(api: KubeApi, namespaces: tuple[str, ...]) -> None:
@@ -108,6 +118,9 @@ def sample() -> metrics.Sample:
         queue_scheduled=queue.scheduled() if queue else 0,
         modelservers=len(state.modelserver_keys()),
         leader=state.LEADING,
+        loop_lag=_LOOP.lag if _LOOP else None,
+        gc_collections={str(g): n for g, n in _LOOP.gc_collections.items()} if _LOOP else {},
+        gc_seconds={str(g): s for g, s in _LOOP.gc_seconds.items()} if _LOOP else {},
     )
 
 
@@ -141,17 +154,20 @@ async def _write_stats_forever(path: Path) -> None:
             cached = state.INFORMER.sizes() if state.INFORMER is not None else {}
             tmp.write_text(json.dumps({"requests": dict(controller.api.requests),
                                        "reconciles": controller.reconciles, "triggers": state.triggers(),
-                                       "cached": cached}))
+                                       "cached": cached, "loop": _LOOP.summary() if _LOOP else {}}))
             tmp.replace(path)
         await asyncio.sleep(1)
 
 
 @kopf.on.cleanup()
 async def shutdown(**_: Any) -> None:
-    global _METRICS, _FOLLOWER  # noqa: PLW0603  (module state by design)
+    global _METRICS, _FOLLOWER, _LOOP  # noqa: PLW0603  (module state by design)
     if _METRICS is not None:
         await _METRICS.cleanup()
         _METRICS = None
+    if _LOOP is not None:
+        await _LOOP.stop()
+        _LOOP = None
     for task in (state.RESYNC_TASK, state.STATS_TASK, _FOLLOWER):
         if task is not None:
             task.cancel()
