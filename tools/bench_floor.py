@@ -24,19 +24,22 @@ from typing import Any
 import aiohttp
 import kopf
 
+from pinserve.cli import loop_factory
 from pinserve.kube import Credentials, KubeApi
 from pinserve.loopwatch import LoopWatch
 from pinserve.offline import render_documents
+from pinserve.settings import Settings
 
-# Every request of the process, kopf's included: aiohttp is the client of both.
-ALL_REQUESTS: Counter[str] = Counter()
+# kopf's own requests (aiohttp is its client); the children's applies go through pinserve's KubeApi (httpx) and
+# are counted there: the stats file's "requests" is the sum of both, "own" the applies alone.
+KOPF_REQUESTS: Counter[str] = Counter()
 _original_request = aiohttp.ClientSession._request
 
 
 async def _counted_request(self: aiohttp.ClientSession, method: str, *args: Any, **kwargs: Any) -> Any:
     params = kwargs.get("params") or {}
     watching = isinstance(params, Mapping) and str(params.get("watch", "")).lower() in ("true", "1")
-    ALL_REQUESTS["WATCH" if watching else method.upper()] += 1
+    KOPF_REQUESTS["WATCH" if watching else method.upper()] += 1
     return await _original_request(self, method, *args, **kwargs)
 
 
@@ -59,8 +62,9 @@ async def startup(**_: Any) -> None:
 async def _write_stats_forever(path: Path) -> None:
     while True:
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"requests": dict(ALL_REQUESTS),
-                                   "own": dict(_API.requests) if _API else {}, "reconciles": 0,
+        own = Counter(_API.requests) if _API else Counter()
+        tmp.write_text(json.dumps({"requests": dict(KOPF_REQUESTS + own),
+                                   "own": dict(own), "reconciles": 0,
                                    "loop": _LOOP.summary()}))
         tmp.replace(path)
         await asyncio.sleep(1)
@@ -81,7 +85,10 @@ def main() -> None:
     args = parser.parse_args()
     kopf.configure(verbose=False)
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    kopf.run(standalone=True, namespaces=[args.namespace], liveness_endpoint=None)
+    # The same event loop as pinserve (PINSERVE_EVENT_LOOP, uvloop by default): kopf's own CLI picks uvloop too.
+    loop = Settings.from_env().event_loop
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        kopf.run(loop=runner.get_loop(), standalone=True, namespaces=[args.namespace], liveness_endpoint=None)
 
 
 if __name__ == "__main__":

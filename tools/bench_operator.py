@@ -6,12 +6,15 @@ each time in a fresh namespace and with the operator as its own process:
 * ``pinserve``: pinserve alone;
 * ``+unrelated``: pinserve again, after U bare pods that are not pinserve's were created in a namespace
   it watches (only the label selector keeps them out);
-* ``kopf floor``: a minimal kopf operator making the same three children (tools/bench_floor.py).
+* ``kopf floor``: a minimal kopf operator making the same three children (tools/bench_floor.py), on the same
+  event loop as pinserve (uvloop unless PINSERVE_EVENT_LOOP says asyncio);
+* ``asyncio`` (only when asked for in --variants): pinserve on asyncio's own loop instead of uvloop's.
 
 Printed side by side: time from create to Deployment present (p50/p99, measured with a watch from this
 process), the operator's API requests by verb per create (from its stats file), convergence (the last
 operator write after the last create), the operator's CPU (``/proc``), reconciles per create and what set them
-off (by source), RSS, and the requests per idle minute. Each column starts once the control plane's processes
+off (by source), the event loop's lag and the garbage collector's pauses, RSS, and the requests per idle
+minute. Each column starts once the control plane's processes
 use less than a quarter of a core (at most 240 s later); how busy they still were is printed too.
 
 Usage: python -m tools.bench_operator [--modelservers 1000] [--nodes 200] [--rate 10] [--unrelated-pods 5000]
@@ -286,7 +289,10 @@ async def _run(args: argparse.Namespace, state_dir: Path) -> None:
             if variant.startswith("baseline"):
                 src = str(tree / "operator" / "src")
                 scoped["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+            if variant == "asyncio":  # pinserve on asyncio's own loop instead of uvloop's
+                scoped["PINSERVE_EVENT_LOOP"] = "asyncio"
             label = {"pinserve": "pinserve", "unrelated": f"+{args.unrelated_pods} pods", "floor": "kopf floor",
+                     "asyncio": "pinserve on asyncio",
                      "baseline": "baseline", "baseline-unrelated": f"baseline +{args.unrelated_pods}"}[variant]
             if variant == "floor":
                 command, scoped, scope = [sys.executable, "-m", "tools.bench_floor", "--namespace", ns], env, \
@@ -377,7 +383,8 @@ def main() -> None:
     parser.add_argument("--unrelated-pods", type=int, default=5000,
                         help="bare pods not pinserve's, created before the second run")
     parser.add_argument("--variants", default="pinserve,unrelated,floor",
-                        help="which columns to run (comma-separated: pinserve, unrelated, floor)")
+                        help="which columns to run (comma-separated: pinserve, unrelated, floor, and asyncio: "
+                        "pinserve on asyncio's loop instead of uvloop's)")
     parser.add_argument("--baseline-src", help="also run the operator from this source tree (without and with "
                         "the unrelated pods), e.g. an older commit's `git archive`")
     parser.add_argument("--settle", type=float, default=15.0,
