@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tools import components
 from tools.binaries import (
     CLUSTER_BINARIES,
     COMPONENTS,
@@ -41,6 +42,7 @@ from tools.binaries import (
     read_versions,
     resolve_bin_dir,
 )
+from tools.components import CONTROLLERS, KWOK_CONFIG_DIR, REAL_NODE_NAME, SA_ISSUER, SERVICE_CIDR
 from tools.kubeutil import (
     FIELD_MANAGER,
     SIMULATED_NODE_SELECTOR,
@@ -60,43 +62,13 @@ from tools.pki import generate_rsa_key_pair, last_pem_certificate, make_kubelet_
 from tools.statedir import ClusterState, StateDir, default_state_dir
 
 __all__ = [
-    "CLUSTER_BINARIES", "COMPONENTS", "CONTROLLERS", "FIELD_MANAGER", "KWOK_CONFIG_DIR", "REPO_ROOT", "SA_ISSUER",
-    "SERVICE_CIDR", "SIMULATED_NODE_SELECTOR", "TOOLS_DIR", "ClusterError", "ClusterState", "IntegrationCluster",
-    "Kube", "LocalCluster", "ProcessRecord", "StateDir", "build_binaries", "cache_root", "cached_bin_dir",
-    "default_state_dir", "expected_bin_dir", "free_ports", "generate_rsa_key_pair", "last_pem_certificate", "log",
-    "main", "missing_binaries", "node_blocking_taints", "node_ready", "proc_start_time", "read_versions",
-    "resolve_bin_dir", "tail", "wait_until", "write_kubeconfig",
+    "CLUSTER_BINARIES", "COMPONENTS", "CONTROLLERS", "FIELD_MANAGER", "KWOK_CONFIG_DIR", "REAL_NODE_NAME", "REPO_ROOT",
+    "SA_ISSUER", "SERVICE_CIDR", "SIMULATED_NODE_SELECTOR", "TOOLS_DIR", "ClusterError", "ClusterState",
+    "IntegrationCluster", "Kube", "LocalCluster", "ProcessRecord", "StateDir", "build_binaries", "cache_root",
+    "cached_bin_dir", "default_state_dir", "expected_bin_dir", "free_ports", "generate_rsa_key_pair",
+    "last_pem_certificate", "log", "main", "missing_binaries", "node_blocking_taints", "node_ready",
+    "proc_start_time", "read_versions", "resolve_bin_dir", "tail", "wait_until", "write_kubeconfig",
 ]
-
-KWOK_CONFIG_DIR = TOOLS_DIR / "kwok"
-#: The real node registers under this name (tools/node/config.py): a loopback node IP is refused otherwise.
-REAL_NODE_NAME = "127.0.0.1"
-SERVICE_CIDR = "10.96.0.0/16"
-SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
-#: What the controller manager runs: enough for Deployments, Jobs, DaemonSets, StatefulSets, Services,
-#: garbage collection, namespaces, service accounts and node health.
-CONTROLLERS: tuple[str, ...] = (
-    "serviceaccount-token-controller",
-    "serviceaccount-controller",
-    "namespace-controller",
-    "garbage-collector-controller",
-    "deployment-controller",
-    "replicaset-controller",
-    "job-controller",
-    "cronjob-controller",
-    "ttl-after-finished-controller",
-    "daemonset-controller",
-    "statefulset-controller",
-    "disruption-controller",
-    "endpoints-controller",
-    "endpointslice-controller",
-    "node-lifecycle-controller",
-    "pod-garbage-collector-controller",
-    "root-ca-certificate-publisher-controller",
-    "clusterrole-aggregation-controller",
-    "service-cidr-controller",
-)
-
 
 class LocalCluster(StateDir):
     """One control plane living in ``state_dir``: ``up`` starts (or reuses) it, ``down`` stops it."""
@@ -155,7 +127,7 @@ class LocalCluster(StateDir):
         names = ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler")
         ports = dict(zip(names, free_ports(len(names)), strict=True))
         state = ClusterState(bin_dir=str(bin_dir), ports=ports)
-        tokens = {user: secrets.token_urlsafe(32) for user in ("admin", "kcm", "scheduler", "kwok", "node")}
+        tokens = {user: secrets.token_urlsafe(32) for user in components.TOKEN_USERS}
         state.admin_token = tokens["admin"]
         self._save_state(state)
         check = self._check_alive(state)
@@ -174,14 +146,7 @@ class LocalCluster(StateDir):
         started = time.monotonic()
         generate_rsa_key_pair(pki / "sa.key", pki / "sa.pub")
         token_file = pki / "tokens.csv"
-        token_file.write_text(
-            f'{tokens["admin"]},pinserve-admin,pinserve-admin,"system:masters"\n'
-            f"{tokens['kcm']},system:kube-controller-manager,system:kube-controller-manager\n"
-            f"{tokens['scheduler']},system:kube-scheduler,system:kube-scheduler\n"
-            f'{tokens["kwok"]},kwok-controller,kwok-controller,"system:masters"\n'
-            # The real node's kubelet (tools/node): a node identity, so the Node authorizer applies.
-            f'{tokens["node"]},system:node:{REAL_NODE_NAME},system:node:{REAL_NODE_NAME},"system:nodes"\n'
-        )
+        token_file.write_text(components.token_file(tokens))
         _, kubelet_client_crt, kubelet_client_key = make_kubelet_client_pki(pki)
         token_file.chmod(0o600)
         self._timed("keys", started)
@@ -193,19 +158,7 @@ class LocalCluster(StateDir):
         self._spawn(
             state,
             "etcd",
-            [
-                "--name=pinserve",
-                f"--data-dir={self.etcd_dir}",
-                f"--listen-client-urls={etcd_url}",
-                f"--advertise-client-urls={etcd_url}",
-                f"--listen-peer-urls={peer_url}",
-                f"--initial-advertise-peer-urls={peer_url}",
-                f"--initial-cluster=pinserve={peer_url}",
-                "--initial-cluster-state=new",
-                "--unsafe-no-fsync=true",  # a throw-away test store: speed over durability
-                "--quota-backend-bytes=2147483648",
-                "--log-level=warn",
-            ],
+            components.etcd(self.etcd_dir, etcd_url, peer_url),
         )
 
         def etcd_healthy() -> bool | None:
@@ -221,28 +174,8 @@ class LocalCluster(StateDir):
         self._spawn(
             state,
             "kube-apiserver",
-            [
-                f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={api_port}",
-                f"--cert-dir={pki / 'apiserver'}",
-                f"--token-auth-file={token_file}",
-                "--authorization-mode=Node,RBAC",
-                f"--service-account-issuer={SA_ISSUER}",
-                f"--service-account-key-file={pki / 'sa.pub'}",
-                f"--service-account-signing-key-file={pki / 'sa.key'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                # The advertise address is loopback, which an Endpoints object may not hold.
-                "--endpoint-reconciler-type=none",
-                "--allow-privileged=true",
-                # logs/exec through the real node's kubelet (tools/node), which listens on 127.0.0.1.
-                f"--kubelet-client-certificate={kubelet_client_crt}",
-                f"--kubelet-client-key={kubelet_client_key}",
-                "--kubelet-preferred-address-types=InternalIP,Hostname",
-                "--profiling=false",
-                "--v=1",
-            ],
+            components.apiserver(pki, etcd_url=etcd_url, port=api_port, token_file=token_file,
+                                 kubelet_client_crt=kubelet_client_crt, kubelet_client_key=kubelet_client_key),
         )
         bundle = pki / "apiserver" / "apiserver.crt"
         wait_until(
@@ -279,48 +212,18 @@ class LocalCluster(StateDir):
         self._spawn(
             state,
             "kube-controller-manager",
-            [
-                f"--kubeconfig={kcm_config}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={ports['controller-manager']}",
-                f"--cert-dir={pki / 'kube-controller-manager'}",
-                "--leader-elect=false",
-                "--use-service-account-credentials=true",
-                f"--service-account-private-key-file={pki / 'sa.key'}",
-                f"--root-ca-file={pki / 'ca.crt'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--cluster-name=pinserve",
-                f"--controllers={','.join(CONTROLLERS)}",
-                "--concurrent-gc-syncs=5",
-                "--profiling=false",
-                "--v=1",
-            ],
+            components.controller_manager(pki, kcm_config, ports['controller-manager']),
         )
         sched_config = kubeconfigs / "scheduler.kubeconfig"
         self._spawn(
             state,
             "kube-scheduler",
-            [
-                f"--kubeconfig={sched_config}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={ports['scheduler']}",
-                f"--cert-dir={pki / 'kube-scheduler'}",
-                "--leader-elect=false",
-                "--profiling=false",
-                "--v=1",
-            ],
+            components.scheduler(pki, sched_config, ports['scheduler']),
         )
         self._spawn(
             state,
             "kwok",
-            [
-                f"--kubeconfig={kubeconfigs / 'kwok.kubeconfig'}",
-                f"--config={KWOK_CONFIG_DIR / 'kwok.yaml'}",
-                f"--config={KWOK_CONFIG_DIR / 'node-stages.yaml'}",
-                f"--config={KWOK_CONFIG_DIR / 'pod-stages.yaml'}",
-                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                "--node-lease-duration-seconds=40",
-            ],
+            components.kwok(kubeconfigs / 'kwok.kubeconfig'),
             # kwok also reads ~/.kwok/kwok.yaml when it exists; keep its work dir in the state directory.
             env={"KWOK_WORKDIR": str(self.state_dir / "kwok")},
         )
