@@ -36,13 +36,13 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pinserve.kube import Credentials, KubeApi
 from tools import cluster as cluster_tools
 from tools import fakenodes
+from tools.operator_report import Result, percentile, report, verbs
 from tools.procstats import cpu_seconds, loop_delta, recorded_pids, rss_mb, wait_quiet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,13 +57,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def read_stats(path: Path) -> dict[str, Any]:
@@ -139,27 +132,6 @@ async def wait_running(api: KubeApi, namespace: str, timeout: float = 600) -> st
     return f"NOT all running after {timeout:.0f} s: the next column runs beside their start-up"
 
 
-@dataclass
-class Result:
-    label: str
-    scope: str
-    latencies: list[float] = field(default_factory=list)
-    missing: int = 0
-    per_create: Counter[str] = field(default_factory=Counter)
-    per_create_own: Counter[str] | None = None
-    idle: Counter[str] = field(default_factory=Counter)
-    converged_s: float = float("nan")
-    rss_start: float = float("nan")
-    rss_end: float = float("nan")
-    rss_idle: float = float("nan")
-    cached: dict[str, int] = field(default_factory=dict)
-    cpu_s: float = float("nan")  # the operator's CPU from the first create until converged
-    reconciles: int = 0
-    triggers: Counter[str] = field(default_factory=Counter)  # what set reconciles off, by source
-    cluster_cores: float = float("nan")  # the control plane's CPU use when the column started
-    loop: dict[str, float] = field(default_factory=dict)  # event-loop lag and GC from the first create on
-
-
 async def measure(api: KubeApi, label: str, namespace: str, *, command: list[str], env: dict[str, str],
                   scope: str, args: argparse.Namespace, logs: Path, cluster_pids: list[int]) -> Result:
     """One operator process, one batch of creates in ``namespace``: the figures of one column."""
@@ -209,6 +181,7 @@ async def measure(api: KubeApi, label: str, namespace: str, *, command: list[str
             result.triggers = Counter(after.get("triggers") or {}) - Counter(before.get("triggers") or {})
             result.cached = after.get("cached") or {}
             result.loop = loop_delta(before.get("loop") or {}, after.get("loop") or {})
+            result.timings = after.get("timings") or {}
             result.per_create = Counter(after["requests"]) - Counter(before["requests"])
             if "own" in after:
                 result.per_create_own = Counter(after["own"]) - Counter(before.get("own") or {})
@@ -226,7 +199,7 @@ async def measure(api: KubeApi, label: str, namespace: str, *, command: list[str
     own = result.per_create if result.per_create_own is None else result.per_create_own
     print(f"   done: p50 {percentile(result.latencies, 0.5):.0f} ms, p99 {percentile(result.latencies, 0.99):.0f} ms, "
           f"converged {result.converged_s:.0f} s after the last create, requests per create "
-          f"{_verbs(own, max(args.modelservers, 1))}, RSS {result.rss_start:.0f} -> {result.rss_end:.0f} MB",
+          f"{verbs(own, max(args.modelservers, 1))}, RSS {result.rss_start:.0f} -> {result.rss_end:.0f} MB",
           flush=True)
     return result
 
@@ -308,71 +281,6 @@ async def _run(args: argparse.Namespace, state_dir: Path) -> None:
     print(f"\noperator benchmark: {args.modelservers} ModelServers at {args.rate:g}/s on {args.nodes} nodes "
           f"({args.unrelated_pods} unrelated pods for the second column)")
     print(report(results, args))
-
-
-def _verbs(counts: Counter[str] | None, per: int) -> str:
-    if counts is None:
-        return "-"
-    total = sum(counts.values()) / per
-    return f"{total:.1f}: " + " ".join(f"{verb} {count / per:.2f}" for verb, count in sorted(counts.items()))
-
-
-def report(results: list[Result], args: argparse.Namespace) -> str:
-    per = max(args.modelservers, 1)
-    rows: list[tuple[str, list[str]]] = [
-        ("scope", [r.scope for r in results]),
-        ("control plane CPU at the start (cores)", [f"{r.cluster_cores:.2f}" for r in results]),
-        ("create->Deployment p50 (ms)", [f"{percentile(r.latencies, 0.5):.0f}" for r in results]),
-        ("create->Deployment p99 (ms)", [f"{percentile(r.latencies, 0.99):.0f}" for r in results]),
-        ("create->Deployment max (ms)", [f"{max(r.latencies, default=float('nan')):.0f}" for r in results]),
-        ("Deployments missing after 300 s", [str(r.missing) for r in results]),
-        ("converged: last write after last create (s)", [f"{r.converged_s:.0f}" for r in results]),
-        ("requests per create (operator's own client)",
-         [_verbs(r.per_create if r.per_create_own is None else r.per_create_own, per) for r in results]),
-        ("requests per create (all, kopf's included)",
-         [_verbs(r.per_create, per) if r.per_create_own is not None else "-" for r in results]),
-        ("operator CPU per create (ms, until converged)", [f"{r.cpu_s * 1000 / per:.1f}" for r in results]),
-        ("reconciles per create", [f"{r.reconciles / per:.1f}" if r.reconciles else "-" for r in results]),
-        ("reconcile triggers per create, by source",
-         [_verbs(r.triggers, per) if r.triggers else "-" for r in results]),
-        ("requests per idle minute", [_verbs(r.idle, 1) if args.idle else "-" for r in results]),
-        ("RSS before creates (MB)", [f"{r.rss_start:.0f}" for r in results]),
-        ("RSS converged (MB)", [f"{r.rss_end:.0f}" for r in results]),
-        ("RSS after idling (MB)", [f"{r.rss_idle:.0f}" for r in results]),
-        ("event-loop lag: seconds late in total",
-         [f"{r.loop['lag_seconds']:.1f}" if r.loop else "-" for r in results]),
-        ("probe wake-ups late > 50 ms / > 250 ms / > 1 s",
-         [f"{r.loop['over 0.05']:.0f} / {r.loop['over 0.25']:.0f} / {r.loop['over 1']:.0f}" if r.loop else "-"
-          for r in results]),
-        ("GC gen 2: collections, seconds (gen 0+1 seconds)",
-         [f"{r.loop['gc2']:.0f}, {r.loop['gc2 s']:.2f} ({r.loop['gc01 s']:.2f})" if r.loop else "-"
-          for r in results]),
-        ("objects cached (pinserve's informer)",
-         [" ".join(f"{k} {v}" for k, v in r.cached.items()) or "-" for r in results]),
-    ]
-    base = next((r for r in results if r.label == "pinserve"), None)
-    noisy = next((r for r in results if r.label.startswith("+")), None)
-    old = next((r for r in results if r.label == "baseline"), None)
-    old_noisy = next((r for r in results if r.label.startswith("baseline +")), None)
-    added = {}
-    for clean, dirty in ((base, noisy), (old, old_noisy)):
-        if clean is not None and dirty is not None:
-            added[dirty.label] = (f"{dirty.rss_start - clean.rss_start:+.0f} before creates, "
-                                  f"{dirty.rss_end - clean.rss_end:+.0f} converged")
-    if added:
-        rows.append(("RSS added by unrelated pods (MB)", [added.get(r.label, "") for r in results]))
-    floor = next((r for r in results if r.label == "kopf floor"), None)
-    if floor is not None and floor.latencies:
-        rows.append(("p50 / floor p50", [f"{percentile(r.latencies, 0.5) / percentile(floor.latencies, 0.5):.2f}x"
-                                         for r in results]))
-    header = ("", [r.label for r in results])
-    width = max(len(name) for name, _ in [header, *rows])
-    cols = [max(len(row[1][i]) if i < len(row[1]) else 0 for row in [header, *rows]) for i in range(len(results))]
-    lines = []
-    for name, values in [header, *rows]:
-        cells = "  ".join(v.ljust(cols[i]) for i, v in enumerate(values))
-        lines.append(f"  {name.ljust(width)}  {cells}".rstrip())
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -104,3 +104,37 @@ def test_served_over_http() -> None:
     content_type, text = asyncio.run(scrape())
     assert content_type == CONTENT_TYPE
     assert parse(text)["pinserve_leader"] == 1
+
+
+@pytest.mark.parametrize(("values", "q", "expected"), [
+    ([], 0.5, None),
+    ([0.003] * 4, 0.5, 0.0025),  # all in the first bucket (0, 0.005]: linear within it
+    ([0.003, 0.02, 0.02, 0.7], 0.5, 0.0175),  # rank 2 is the first of the 2 in (0.01, 0.025]: halfway
+    ([0.003, 0.02, 0.02, 0.7], 1.0, 1.0),
+    ([45.0, 50.0], 0.99, 30.0),  # beyond the last bound: that bound, as Prometheus does
+])
+def test_histogram_quantiles_interpolate_within_buckets(values: list[float], q: float, expected: float | None) -> None:
+    h = Histogram()
+    for value in values:
+        h.observe(value)
+    if expected is None:
+        assert h.quantile(q) != h.quantile(q)  # NaN
+    else:
+        assert h.quantile(q) == pytest.approx(expected)
+
+
+def test_a_quantile_outside_0_1_is_refused() -> None:
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        Histogram().quantile(1.5)
+
+
+def test_queue_waits_are_one_histogram_per_run() -> None:
+    first, again = Histogram(), Histogram()
+    first.observe(0.02)
+    again.observe(0.3)
+    again.observe(0.4)
+    series = parse(exposition(sample(queue_wait={"first": first, "again": again})))
+    assert series['pinserve_workqueue_queue_duration_seconds_count{run="first"}'] == 1
+    assert series['pinserve_workqueue_queue_duration_seconds_count{run="again"}'] == 2
+    assert series['pinserve_workqueue_queue_duration_seconds_bucket{le="0.25",run="again"}'] == 0
+    assert series['pinserve_workqueue_queue_duration_seconds_bucket{le="+Inf",run="again"}'] == 2

@@ -225,3 +225,37 @@ async def test_the_limiter_passes_a_slot_on_and_survives_cancelled_waiters() -> 
     limiter.release()
     await limiter.acquire(first=False)  # free again: taken at once
     assert limiter.waiting() == 0
+
+
+async def test_the_wait_from_trigger_to_run_is_measured_by_run() -> None:
+    release = asyncio.Event()
+
+    async def work(key: str) -> None:
+        await release.wait()
+
+    queue: KeyedQueue[str] = KeyedQueue(work, concurrency=1)
+    queue.trigger("a")  # runs at once
+    queue.trigger("b")  # a first run, waits for a's slot
+    await asyncio.sleep(0)
+    queue.trigger("a")  # a re-run: waits for a's own run to end, then for the slot behind b
+    queue.trigger("a")  # coalesces with the one before: one wait, measured from the earlier trigger
+    await asyncio.sleep(0.05)
+    release.set()
+    await queue.drain()
+    first, again = queue.waits["first"], queue.waits["again"]
+    assert first.count == 2 and again.count == 1
+    assert first.total >= 0.05  # b waited for a's run, blocked at least the 0.05 s slept above
+    assert again.total >= 0.05
+
+
+async def test_a_forgotten_key_starts_its_wait_afresh() -> None:
+    async def work(key: str) -> None:
+        return None
+
+    queue: KeyedQueue[str] = KeyedQueue(work)
+    queue.trigger("a")
+    await queue.drain()
+    queue.forget("a")
+    queue.trigger("a")
+    await queue.drain()
+    assert queue.waits["first"].count == 2 and queue.waits["again"].count == 0

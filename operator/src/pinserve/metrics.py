@@ -36,6 +36,22 @@ class Histogram:
             if value <= bound:
                 self.counts[i] += 1
 
+    def quantile(self, q: float) -> float:
+        """An estimate of the ``q`` quantile as Prometheus' histogram_quantile makes it: linear within the bucket
+        it falls in; beyond the last bound, that bound; NaN when empty."""
+        if not 0 <= q <= 1:
+            raise ValueError(f"a quantile is between 0 and 1, not {q}")
+        if self.count == 0:
+            return math.nan
+        rank = q * self.count
+        below, lower = 0, 0.0
+        for bound, cumulative in zip(self.buckets, self.counts, strict=True):
+            if cumulative >= rank:
+                inside = cumulative - below
+                return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+            below, lower = cumulative, bound
+        return self.buckets[-1]
+
 
 @dataclass
 class Sample:
@@ -50,6 +66,8 @@ class Sample:
     queue_scheduled: int
     modelservers: int
     leader: bool
+    # how long a triggered ModelServer waited for its run: "first" (never reconciled yet), "again" (re-runs)
+    queue_wait: Mapping[str, Histogram] = field(default_factory=dict)
     loop_lag: Histogram | None = None  # how late the event loop's probe woke (pinserve.loopwatch)
     gc_collections: Mapping[str, int] = field(default_factory=dict)  # generation -> collections
     gc_seconds: Mapping[str, float] = field(default_factory=dict)  # generation -> seconds the collector ran
@@ -78,12 +96,13 @@ def _labelled(label: str, counts: Mapping[str, int]) -> list[tuple[str, Mapping[
     return [("", {label: key}, float(value)) for key, value in sorted(counts.items())]
 
 
-def _histogram(h: Histogram) -> list[tuple[str, Mapping[str, str], float]]:
+def _histogram(h: Histogram, labels: Mapping[str, str] | None = None) -> list[tuple[str, Mapping[str, str], float]]:
+    on = dict(labels or {})
     cumulative: list[tuple[str, Mapping[str, str], float]] = [
-        ("_bucket", {"le": _number(bound)}, float(count)) for bound, count in zip(h.buckets, h.counts, strict=True)
+        ("_bucket", {**on, "le": _number(b)}, float(count)) for b, count in zip(h.buckets, h.counts, strict=True)
     ]
-    return [*cumulative, ("_bucket", {"le": "+Inf"}, float(h.count)), ("_sum", {}, h.total),
-            ("_count", {}, float(h.count))]
+    return [*cumulative, ("_bucket", {**on, "le": "+Inf"}, float(h.count)), ("_sum", on, h.total),
+            ("_count", on, float(h.count))]
 
 
 def _loop(sample: Sample) -> list[str]:
@@ -120,6 +139,10 @@ def exposition(sample: Sample) -> str:
                  "Time of one reconcile: plan, render, apply, status and events.", buckets),
         *_family("pinserve_workqueue_depth", "gauge",
                  "ModelServers queued or being reconciled now.", [("", {}, float(sample.queue_active))]),
+        *_family("pinserve_workqueue_queue_duration_seconds", "histogram",
+                 "How long a triggered ModelServer waited before its reconcile started, by run: first (a ModelServer "
+                 "not reconciled yet, served first) or again.",
+                 [row for run, h in sorted(sample.queue_wait.items()) for row in _histogram(h, {"run": run})]),
         *_family("pinserve_workqueue_scheduled", "gauge",
                  "ModelServers waiting for a timed requeue (a bounded wait or an API error's backoff).",
                  [("", {}, float(sample.queue_scheduled))]),

@@ -21,7 +21,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from pinserve.metrics import Histogram
+
 K = TypeVar("K", bound=Hashable)
+# Seconds from a trigger to its run's start: a queue that keeps up starts within milliseconds.
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 log = logging.getLogger("pinserve")
 
 
@@ -74,13 +78,18 @@ class KeyedQueue(Generic[K]):
         self._timers: dict[K, asyncio.TimerHandle] = {}
         self.fired = 0  # timers that ran out (each a trigger)
         self._soon: dict[K, asyncio.TimerHandle] = {}  # trigger_soon's windows
+        self._since: dict[K, float] = {}  # key -> when (loop time) the trigger its next run answers came
+        # Trigger to run start, by run: "first" (never run since forgotten) and "again".
+        self.waits: dict[str, Histogram] = {"first": Histogram(WAIT_BUCKETS), "again": Histogram(WAIT_BUCKETS)}
 
     def trigger(self, key: K) -> None:
         """Run ``work(key)`` soon; if it is queued or running, make sure it runs once more."""
+        loop = asyncio.get_running_loop()
+        self._since.setdefault(key, loop.time())
         if key in self._active:
             self._dirty.add(key)
             return
-        self._active[key] = asyncio.get_running_loop().create_task(self._run(key))
+        self._active[key] = loop.create_task(self._run(key))
 
     def trigger_later(self, key: K, delay: float) -> None:
         """Trigger ``key`` in ``delay`` seconds; of two timers for one key, the earlier one stays."""
@@ -117,6 +126,7 @@ class KeyedQueue(Generic[K]):
     def forget(self, key: K) -> None:
         """Drop the key's timer (its object is gone)."""
         self._ran.discard(key)
+        self._since.pop(key, None)
         for timers in (self._timers, self._soon):
             timer = timers.pop(key, None)
             if timer is not None:
@@ -134,10 +144,14 @@ class KeyedQueue(Generic[K]):
             while True:
                 # A re-run gives its slot back and queues again, as client-go's workqueue re-adds a key: a key
                 # whose pods keep changing does not hold a slot that a waiting first run could use.
-                await self._limit.acquire(first=key not in self._ran)
+                first = key not in self._ran
+                await self._limit.acquire(first=first)
                 try:
                     self._dirty.discard(key)
                     self._ran.add(key)
+                    since = self._since.pop(key, None)
+                    if since is not None:
+                        self.waits["first" if first else "again"].observe(asyncio.get_running_loop().time() - since)
                     window = self._soon.pop(key, None)
                     if window is not None:  # this run reads what the window was waiting for
                         window.cancel()

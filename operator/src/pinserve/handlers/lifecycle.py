@@ -116,6 +116,7 @@ def sample() -> metrics.Sample:
         latency=state.LATENCY,
         queue_active=queue.pending() if queue else 0,
         queue_scheduled=queue.scheduled() if queue else 0,
+        queue_wait=queue.waits if queue else {},
         modelservers=len(state.modelserver_keys()),
         leader=state.LEADING,
         loop_lag=_LOOP.lag if _LOOP else None,
@@ -154,9 +155,19 @@ async def _write_stats_forever(path: Path) -> None:
             cached = state.INFORMER.sizes() if state.INFORMER is not None else {}
             tmp.write_text(json.dumps({"requests": dict(controller.api.requests),
                                        "reconciles": controller.reconciles, "triggers": state.triggers(),
-                                       "cached": cached, "loop": _LOOP.summary() if _LOOP else {}}))
+                                       "cached": cached, "loop": _LOOP.summary() if _LOOP else {},
+                                       "timings": _timings()}))
             tmp.replace(path)
         await asyncio.sleep(1)
+
+
+def _timings() -> dict[str, dict[str, float]]:
+    """Quantiles (from the histograms) of the queue's waits by run and of the reconciles themselves."""
+    queue = state.QUEUE
+    histograms = {f"wait {run}": h for run, h in (queue.waits.items() if queue else ())}
+    histograms["reconcile"] = state.LATENCY
+    return {name: {"count": h.count, "p50": h.quantile(0.5), "p99": h.quantile(0.99)}
+            for name, h in histograms.items()}
 
 
 @kopf.on.cleanup()
