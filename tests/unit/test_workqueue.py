@@ -41,7 +41,7 @@ async def test_keys_run_concurrently_up_to_the_limit() -> None:
         await release.wait()
         active -= 1
 
-    queue: KeyedQueue[int] = KeyedQueue(work, concurrency=3)
+    queue: KeyedQueue[int] = KeyedQueue(work, concurrency=3, reserved_first=0)
     for key in range(10):
         queue.trigger(key)
     for _ in range(5):
@@ -158,7 +158,7 @@ def _one_slot_queue() -> tuple[list[str], asyncio.Event, KeyedQueue[str]]:
         order.append(key)
         await gate.wait()
 
-    return order, gate, KeyedQueue(work, concurrency=1)
+    return order, gate, KeyedQueue(work, concurrency=1, reserved_first=0)
 
 
 async def test_a_keys_first_run_goes_before_the_reruns_of_others() -> None:
@@ -233,7 +233,7 @@ async def test_the_wait_from_trigger_to_run_is_measured_by_run() -> None:
     async def work(key: str) -> None:
         await release.wait()
 
-    queue: KeyedQueue[str] = KeyedQueue(work, concurrency=1)
+    queue: KeyedQueue[str] = KeyedQueue(work, concurrency=1, reserved_first=0)
     queue.trigger("a")  # runs at once
     queue.trigger("b")  # a first run, waits for a's slot
     await asyncio.sleep(0)
@@ -259,3 +259,60 @@ async def test_a_forgotten_key_starts_its_wait_afresh() -> None:
     queue.trigger("a")
     await queue.drain()
     assert queue.waits["first"].count == 2 and queue.waits["again"].count == 0
+
+
+async def test_first_runs_have_slots_of_their_own_that_reruns_never_hold() -> None:
+    """Re-runs stuck on a slow API server fill their share; a create still starts at once, in a reserved slot."""
+    started: list[str] = []
+    gate = asyncio.Event()
+
+    async def work(key: str) -> None:
+        started.append(key)
+        await gate.wait()
+
+    queue: KeyedQueue[str] = KeyedQueue(work, concurrency=2, reserved_first=1)
+    for key in ("old-1", "old-2", "old-3"):  # reconciled once already
+        queue.trigger(key)
+        gate.set()
+        await queue.drain()
+        gate.clear()
+    started.clear()
+    for key in ("old-1", "old-2", "old-3"):  # re-runs: two run, the third waits
+        queue.trigger(key)
+    await asyncio.sleep(0)
+    assert started == ["old-1", "old-2"]
+    queue.trigger("new-1")  # the reserved slot: starts at once
+    queue.trigger("new-2")  # every slot taken: waits, and goes before old-3
+    await asyncio.sleep(0)
+    assert started == ["old-1", "old-2", "new-1"]
+    gate.set()
+    await queue.drain()
+    assert started == ["old-1", "old-2", "new-1", "new-2", "old-3"]
+
+
+async def test_the_limiter_keeps_the_reserve_for_the_first_class() -> None:
+    limiter = PriorityLimiter(1, reserved=2)
+    await limiter.acquire(first=False)
+    rerun = asyncio.create_task(limiter.acquire(first=False))  # its share (1) is held: waits
+    await limiter.acquire(first=True)  # reserved slot
+    await limiter.acquire(first=True)  # reserved slot
+    assert limiter.in_use() == 3
+    create = asyncio.create_task(limiter.acquire(first=True))  # all three taken: waits
+    await asyncio.sleep(0)
+    assert limiter.waiting() == 2
+    limiter.release()  # a reserved slot frees: the first-class waiter, not the re-run
+    await asyncio.sleep(0)
+    assert create.done() and not rerun.done()
+    limiter.release()
+    limiter.release()  # 1 in use (the first second-class holder): the re-run's share is still full
+    await asyncio.sleep(0)
+    assert not rerun.done()
+    limiter.release()
+    await asyncio.sleep(0)
+    assert rerun.done() and limiter.in_use() == 1
+
+
+@pytest.mark.parametrize(("slots", "reserved"), [(0, 4), (2, -1)])
+def test_a_limiter_needs_a_slot_and_no_negative_reserve(slots: int, reserved: int) -> None:
+    with pytest.raises(ValueError, match="at least one slot"):
+        PriorityLimiter(slots, reserved)

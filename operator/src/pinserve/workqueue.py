@@ -3,8 +3,9 @@
 A burst of watch events for one ModelServer (pods, ReplicaSets, Deployment status, our own
 status write coming back) runs the reconcile once more after the current run, not once per
 event; a concurrency limit keeps a flood of keys from swamping the API server. A key's first run (a
-ModelServer just created, or just seen) goes before the re-runs of keys already reconciled: a create is
-not queued behind the pod and status echoes of the creates before it. ``trigger_later`` brings a key back
+ModelServer just created, or just seen) goes before the re-runs of keys already reconciled, and has slots of
+its own that re-runs never hold: a create is neither queued behind the pod and status echoes of the creates
+before it nor waits for their runs (each a status write and an Event on a busy API server) to end. ``trigger_later`` brings a key back
 after a delay (a bounded wait running out, an API error's backoff), one timer per key.
 
 ``trigger_soon`` is for changes that need no answer within the moment (a child's status moving on, our own
@@ -32,19 +33,29 @@ log = logging.getLogger("pinserve")
 class PriorityLimiter:
     """A semaphore with two classes of waiters: the first class is served first, each class in arrival order.
 
-    A freed slot is handed to the next waiter directly, so a newcomer cannot overtake the ones waiting.
+    ``reserved`` slots are the first class's alone: the second class holds at most ``slots``, so a first-class
+    waiter never waits for second-class work to end while any reserved slot is free. A freed slot is handed to
+    the next waiter directly, so a newcomer cannot overtake the ones waiting.
     """
 
-    def __init__(self, slots: int) -> None:
-        self._free = slots
+    def __init__(self, slots: int, reserved: int = 0) -> None:
+        if slots < 1 or reserved < 0:
+            raise ValueError(f"a limiter needs at least one slot and no negative reserve, not {slots}, {reserved}")
+        self._slots = slots
+        self._reserved = reserved
+        self._in_use = 0
         self._waiting: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (deque(), deque())
 
+    def _room(self, first: bool) -> bool:
+        return self._in_use < self._slots + (self._reserved if first else 0)
+
     async def acquire(self, first: bool) -> None:
-        if self._free > 0 and not (self._waiting[0] or self._waiting[1]):
-            self._free -= 1
+        line = self._waiting[0 if first else 1]
+        ahead = self._waiting[0] if first else (*self._waiting[0], *self._waiting[1])
+        if self._room(first) and not ahead:
+            self._in_use += 1
             return
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        line = self._waiting[0 if first else 1]
         line.append(turn)
         try:
             await turn
@@ -53,25 +64,38 @@ class PriorityLimiter:
                 self.release()  # handed a slot, then cancelled: pass it on
             else:
                 line.remove(turn)
+                self._admit()  # a second-class waiter may have waited behind this one only
             raise
 
     def release(self) -> None:
-        for line in self._waiting:
-            while line:
+        self._in_use -= 1
+        self._admit()
+
+    def _admit(self) -> None:
+        """Hand free slots to the waiters: the first class first, the second only within its ``slots``."""
+        for first, line in ((True, self._waiting[0]), (False, self._waiting[1])):
+            while line and self._room(first):
                 turn = line.popleft()
                 if not turn.done():
+                    self._in_use += 1
                     turn.set_result(None)
-                    return
-        self._free += 1
+            if line:
+                return  # this class still waits: the next may not overtake it
 
     def waiting(self) -> int:
         return len(self._waiting[0]) + len(self._waiting[1])
 
+    def in_use(self) -> int:
+        return self._in_use
+
 
 class KeyedQueue(Generic[K]):
-    def __init__(self, work: Callable[[K], Awaitable[object]], *, concurrency: int = 16) -> None:
+    def __init__(self, work: Callable[[K], Awaitable[object]], *, concurrency: int = 16,
+                 reserved_first: int = 16) -> None:
         self._work = work
-        self._limit = PriorityLimiter(concurrency)
+        # Re-runs hold at most ``concurrency`` slots; first runs (a ModelServer just created) may use
+        # ``reserved_first`` more: a create never waits for the slow re-runs (status writes, Events) of others.
+        self._limit = PriorityLimiter(concurrency, reserved_first)
         self._ran: set[K] = set()  # keys run at least once since they were (last) forgotten
         self._active: dict[K, asyncio.Task[None]] = {}
         self._dirty: set[K] = set()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -66,7 +65,6 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     state.SETTLE_SECONDS = float(os.environ.get("PINSERVE_SETTLE_SECONDS", state.SETTLE_SECONDS))
     _watch_loop()
     await _start_informer(state.CONTROLLER.api, operator_settings.namespaces)
-    _freeze_startup_heap()
     state.RESYNC_TASK = asyncio.create_task(_resync_forever(operator_settings.resync_seconds))
     await _start_peering(settings, state.CONTROLLER.api, operator_settings.namespaces)
     await _start_metrics(operator_settings)
@@ -74,15 +72,6 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if stats_file:
         state.STATS_TASK = asyncio.create_task(_write_stats_forever(Path(stats_file)))
     log.info("pinserve started: %s", operator_settings)
-
-
-def _freeze_startup_heap() -> None:
-    """Keep what start-up made (modules, kopf, pydantic's schemas, the primed caches) out of the garbage
-    collector's full passes: they live as long as the process, and each full pass stopped the event loop for
-    tens of milliseconds walking them again (gc.freeze, as long-running Python services do)."""
-    gc.collect()
-    gc.freeze()
-    log.info("start-up heap frozen: %d objects the garbage collector no longer walks", gc.get_freeze_count())
 
 
 def _watch_loop() -> None:
