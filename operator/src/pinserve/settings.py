@@ -129,8 +129,8 @@ class Settings:
     # name; empty: standalone, one replica. The priority: empty is by start time, the oldest replica leads.
     peering: str = ""
     peering_priority: int | None = None
-    # The operator's event loop: uvloop (libuv) runs the same watches and requests on less CPU than asyncio's
-    # own loop; "asyncio" is the fallback should uvloop ever misbehave.
+    # The operator's event loop: uvloop (libuv), what kopf's own CLI picks when it is installed; "asyncio" is
+    # asyncio's own loop, the fallback. The operator bench compares them side by side (its `asyncio` column).
     event_loop: str = "uvloop"
 
     @classmethod

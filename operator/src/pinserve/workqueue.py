@@ -5,8 +5,9 @@ status write coming back) runs the reconcile once more after the current run, no
 event; a concurrency limit keeps a flood of keys from swamping the API server. A key's first run (a
 ModelServer just created, or just seen) goes before the re-runs of keys already reconciled, and has slots of
 its own that re-runs never hold: a create is neither queued behind the pod and status echoes of the creates
-before it nor waits for their runs (each a status write and an Event on a busy API server) to end. ``trigger_later`` brings a key back
-after a delay (a bounded wait running out, an API error's backoff), one timer per key.
+before it nor waits for their runs (each a status write and an Event on a busy API server) to end.
+``trigger_later`` brings a key back after a delay (a bounded wait running out, an API error's backoff), one
+timer per key.
 
 ``trigger_soon`` is for changes that need no answer within the moment (a child's status moving on, our own
 status write coming back): the changes of a short window fold into one run. A pod that starts sends several
