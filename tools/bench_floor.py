@@ -24,11 +24,9 @@ from typing import Any
 import aiohttp
 import kopf
 
-from pinserve.cli import loop_factory
 from pinserve.kube import Credentials, KubeApi
 from pinserve.loopwatch import LoopWatch
 from pinserve.offline import render_documents
-from pinserve.settings import Settings
 
 # kopf's own requests (aiohttp is its client); the children's applies go through pinserve's KubeApi (httpx) and
 # are counted there: the stats file's "requests" is the sum of both, "own" the applies alone.
@@ -85,10 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     kopf.configure(verbose=False)
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    # The same event loop as pinserve (PINSERVE_EVENT_LOOP, uvloop by default): kopf's own CLI picks uvloop too.
-    loop = Settings.from_env().event_loop
-    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
-        kopf.run(loop=runner.get_loop(), standalone=True, namespaces=[args.namespace], liveness_endpoint=None)
+    kopf.run(standalone=True, namespaces=[args.namespace], liveness_endpoint=None)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,9 @@ the operator as its own process:
 
 * ``pinserve``: pinserve alone;
 * ``kopf floor``: a minimal kopf operator making the same three children (tools/bench_floor.py), on the same
-  event loop as pinserve (uvloop unless PINSERVE_EVENT_LOOP says asyncio), on the same quiet cluster;
+  quiet cluster;
 * ``+unrelated``: pinserve again, after U bare pods that are not pinserve's were created in a namespace
   it watches (only the label selector keeps them out); the pods stay for the columns after it;
-* ``asyncio`` (only when asked for in --variants): pinserve on asyncio's own loop instead of uvloop's.
 
 Printed side by side: time from create to Deployment present (p50/p99, measured with a watch from this
 process), the operator's API requests by verb per create (from its stats file), convergence (the last
@@ -264,10 +263,8 @@ async def _run(args: argparse.Namespace, state_dir: Path) -> None:
             if variant.startswith("baseline"):
                 src = str(tree / "operator" / "src")
                 scoped["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
-            if variant == "asyncio":  # pinserve on asyncio's own loop instead of uvloop's
-                scoped["PINSERVE_EVENT_LOOP"] = "asyncio"
             label = {"pinserve": "pinserve", "unrelated": f"+{args.unrelated_pods} pods", "floor": "kopf floor",
-                     "asyncio": "pinserve on asyncio",
+
                      "baseline": "baseline", "baseline-unrelated": f"baseline +{args.unrelated_pods}"}[variant]
             if variant == "floor":
                 command, scoped, scope = [sys.executable, "-m", "tools.bench_floor", "--namespace", ns], env, \
@@ -300,8 +297,7 @@ def main() -> None:
     # The floor runs before the unrelated pods exist, on the same quiet cluster as the pinserve column it is
     # compared with: after them the control plane is busier for a while, and the floor measured 4x slower there.
     parser.add_argument("--variants", default="pinserve,floor,unrelated",
-                        help="which columns to run (comma-separated: pinserve, unrelated, floor, and asyncio: "
-                        "pinserve on asyncio's loop instead of uvloop's)")
+                        help="which columns to run, in this order (comma-separated: pinserve, floor, unrelated)")
     parser.add_argument("--baseline-src", help="also run the operator from this source tree (without and with "
                         "the unrelated pods), e.g. an older commit's `git archive`")
     parser.add_argument("--settle", type=float, default=15.0,

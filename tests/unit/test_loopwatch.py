@@ -8,12 +8,9 @@ import time
 from typing import Any
 
 import pytest
-import uvloop
 
-from pinserve.cli import loop_factory
 from pinserve.loopwatch import LAG_BUCKETS, LoopWatch
 from pinserve.metrics import exposition
-from pinserve.settings import Settings
 from tests.unit.test_metrics import parse, sample
 from tools.procstats import loop_delta
 
@@ -109,24 +106,3 @@ def test_the_bench_takes_the_difference_of_two_stats_files() -> None:
     assert delta["gc01 s"] == pytest.approx(0.03)
     assert loop_delta({}, {}) == {}
     assert loop_delta({}, stats(1.0, 2, 1, 0.1, 0.02))["gc2"] == 1  # the floor's first file has no "before"
-
-
-def test_the_operator_runs_on_uvloop_unless_told_asyncio() -> None:
-    assert Settings.from_env({}).event_loop == "uvloop"
-    assert Settings.from_env({"PINSERVE_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
-    with pytest.raises(ValueError, match="PINSERVE_EVENT_LOOP='trio' must be one of uvloop, asyncio"):
-        Settings.from_env({"PINSERVE_EVENT_LOOP": "trio"})
-    assert loop_factory("asyncio") is None  # asyncio.Runner's default loop
-    factory = loop_factory("uvloop")
-    assert factory is not None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        assert isinstance(runner.get_loop(), uvloop.Loop)
-
-        async def probe() -> float:
-            watch = LoopWatch(interval=0.01)
-            watch.start()
-            await asyncio.sleep(0.05)
-            await watch.stop()
-            return watch.lag.count
-
-        assert runner.run(probe()) >= 1  # the lag probe runs on uvloop's loop as on asyncio's

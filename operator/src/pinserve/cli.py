@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
 import select
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,24 +44,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         os.environ.setdefault("POD_ID", f"{socket.gethostname()}/{os.getpid()}")
         priority = default_priority() if settings.peering_priority is None else settings.peering_priority
         peering = {"peering_name": settings.peering, "priority": priority, "identity": os.environ["POD_ID"]}
-    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        kopf.run(
-            loop=runner.get_loop(),
-            clusterwide=not settings.namespaces,
-            namespaces=list(settings.namespaces),
-            liveness_endpoint=args.liveness,
-            **peering,
-        )
+    kopf.run(
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=args.liveness,
+        **peering,
+    )
     return 0
-
-
-def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop (what kopf's own CLI picks when uvloop is installed), or asyncio's default."""
-    if name == "uvloop":
-        import uvloop  # noqa: PLC0415  (only the operator runs an event loop this long)
-
-        return uvloop.new_event_loop
-    return None
 
 
 def _cmd_topology(args: argparse.Namespace) -> int:

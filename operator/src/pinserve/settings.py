@@ -74,9 +74,6 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default
     return raw
 
 
-EVENT_LOOPS = ("uvloop", "asyncio")
-
-
 @dataclass(frozen=True)
 class Settings:
     server_image: str = "tensorflow/serving:mkl"
@@ -129,9 +126,6 @@ class Settings:
     # name; empty: standalone, one replica. The priority: empty is by start time, the oldest replica leads.
     peering: str = ""
     peering_priority: int | None = None
-    # The operator's event loop: uvloop (libuv), what kopf's own CLI picks when it is installed; "asyncio" is
-    # asyncio's own loop, the fallback. The operator bench compares them side by side (its `asyncio` column).
-    event_loop: str = "uvloop"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -170,5 +164,4 @@ class Settings:
             peering=env.get("PINSERVE_PEERING", "").strip(),
             peering_priority=_int(env, "PINSERVE_PEERING_PRIORITY", 0) if env.get("PINSERVE_PEERING_PRIORITY",
                                                                                   "").strip() else None,
-            event_loop=_choice(env, "PINSERVE_EVENT_LOOP", EVENT_LOOPS, default.event_loop),
         )
