@@ -316,3 +316,17 @@ async def test_the_limiter_keeps_the_reserve_for_the_first_class() -> None:
 def test_a_limiter_needs_a_slot_and_no_negative_reserve(slots: int, reserved: int) -> None:
     with pytest.raises(ValueError, match="at least one slot"):
         PriorityLimiter(slots, reserved)
+
+
+async def test_a_waiter_cancelled_before_a_release_reaches_it_leaves_the_limiter_whole() -> None:
+    limiter = PriorityLimiter(1)
+    await limiter.acquire(first=False)
+    waiter = asyncio.create_task(limiter.acquire(first=True))
+    await asyncio.sleep(0)
+    waiter.cancel()  # its turn is cancelled now; the task itself resumes only on the next loop step
+    limiter.release()  # drops the cancelled turn and keeps the slot free
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert limiter.in_use() == 0 and limiter.waiting() == 0
+    await limiter.acquire(first=False)
+    assert limiter.in_use() == 1

@@ -64,7 +64,8 @@ class PriorityLimiter:
             if turn.done() and not turn.cancelled():
                 self.release()  # handed a slot, then cancelled: pass it on
             else:
-                line.remove(turn)
+                if turn in line:  # a release may have dropped it already (cancelled before the task resumed)
+                    line.remove(turn)
                 self._admit()  # a second-class waiter may have waited behind this one only
             raise
 
