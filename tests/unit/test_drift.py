@@ -8,10 +8,17 @@ from typing import Any
 
 import pytest
 
+from pinserve import drift
 from pinserve.drift import contains, desired_hash, in_sync, stamped
 from pinserve.render.common import ANNOTATION_DESIRED_HASH
 
 pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without in_sync's remembered answers (they are keyed by uid and resourceVersion)."""
+    monkeypatch.setattr(drift, "_memo", {})
 
 CONTAINER = {
     "name": "server",
@@ -196,4 +203,35 @@ def test_in_sync_table(live: str | None, expected: bool) -> None:
             obj["metadata"]["annotations"][ANNOTATION_DESIRED_HASH] = "0" * 16
         elif live == "hand edit under the same stamp":
             obj["spec"]["template"]["spec"]["containers"][0]["image"] = "someone/else"
+            obj["metadata"]["resourceVersion"] = "8"  # every write makes a new one
     assert in_sync(obj, desired) is expected
+
+
+def _versioned(obj: dict[str, Any], uid: str, version: str) -> dict[str, Any]:
+    obj["metadata"] = {**obj["metadata"], "uid": uid, "resourceVersion": version}
+    return obj
+
+
+def test_in_sync_remembers_an_answer_only_for_the_same_object_version_and_rendering() -> None:
+    """The memo never hides a change: a hand edit arrives with a new resourceVersion and is compared again."""
+    desired = stamped(DEPLOYMENT)
+    live = _versioned(applied(desired), "uid-memo", "41")
+    assert in_sync(live, desired)
+    edited = _versioned(copy.deepcopy(live), "uid-memo", "42")
+    edited["spec"]["template"]["spec"]["containers"][0]["image"] = "someone/else"
+    assert not in_sync(edited, desired)
+    assert in_sync(live, desired)  # the earlier version's answer still holds for it
+    # Another rendering is another question (its hash is in the key): a removal is never answered from the memo.
+    assert not in_sync(live, stamped(_without("env B")))
+    # A recreated object (another uid) at a reused resourceVersion is compared, not remembered.
+    recreated = _versioned(copy.deepcopy(edited), "uid-other", "41")
+    assert not in_sync(recreated, desired)
+
+
+def test_in_sync_memo_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(drift, "MEMO_SIZE", 3)
+    desired = stamped(DEPLOYMENT)
+    for n in range(10):
+        assert in_sync(_versioned(applied(desired), f"uid-{n}", str(n)), desired)
+    assert len(drift._memo) == 3
+    assert [key[0] for key in drift._memo] == ["uid-7", "uid-8", "uid-9"]  # the oldest answers went first

@@ -97,6 +97,13 @@ def serverize(obj: dict[str, Any], resource_version: int) -> dict[str, Any]:
     return live
 
 
+def edited_by_hand(live: dict[str, Any]) -> dict[str, Any]:
+    """``live``, about to be edited in place, with the new resourceVersion the API server gives every write."""
+    meta = live["metadata"]
+    meta["resourceVersion"] = f"{meta['resourceVersion']}0"
+    return live
+
+
 @dataclass
 class FakeCluster:
     body: dict[str, Any]
@@ -352,7 +359,7 @@ def test_applied_objects_fed_back_are_in_sync(cluster: FakeCluster) -> None:
     observed = cluster.observed()
     assert out_of_sync(outcome.apply, observed) == []
     # ... and a real change shows up.
-    live = observed.children[("Deployment", "rfcn")]
+    live = edited_by_hand(observed.children[("Deployment", "rfcn")])
     live["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = "6"
     assert [o["kind"] for o in out_of_sync(outcome.apply, observed)] == ["Deployment"]
 
@@ -371,7 +378,7 @@ def test_spec_change_rolls_the_deployment(cluster: FakeCluster) -> None:
 
 def test_external_edit_of_the_deployment_is_reverted(cluster: FakeCluster) -> None:
     cluster.step()
-    cluster.deployment()["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = "tampered"
+    edited_by_hand(cluster.deployment())["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = "tampered"
     assert [o["kind"] for o in cluster.step().apply] == ["Deployment"]
 
 

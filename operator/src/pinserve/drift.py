@@ -95,10 +95,31 @@ def desired_hash(obj: Mapping[str, Any]) -> str | None:
     return ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_DESIRED_HASH)
 
 
+# Answers of in_sync by (live uid, live resourceVersion, desired hash). An object at the same resourceVersion
+# has not changed, and the same hash is the same rendering, so the answer cannot have changed either: a child's
+# status moving on re-asks it for the other children of its ModelServer, and the resync for every one.
+# Bounded (the oldest answer goes first); answers for objects without a uid or resourceVersion are not kept.
+MEMO_SIZE = 8192
+_memo: dict[tuple[str, str, str], bool] = {}
+
+
 def in_sync(live: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
     """``desired`` (stamped) was applied as it is now and nobody has edited our fields since."""
     if live is None:
         return False
-    if desired_hash(desired) is not None and desired_hash(live) != desired_hash(desired):
+    want = desired_hash(desired)
+    if want is not None and desired_hash(live) != want:
         return False
-    return contains(live, desired)
+    meta = live.get("metadata") or {}
+    uid, version = meta.get("uid"), meta.get("resourceVersion")
+    key = (str(uid), str(version), want) if want and uid and version else None
+    if key is not None:
+        known = _memo.get(key)
+        if known is not None:
+            return known
+    answer = contains(live, desired)
+    if key is not None:
+        if len(_memo) >= MEMO_SIZE:
+            del _memo[next(iter(_memo))]
+        _memo[key] = answer
+    return answer
