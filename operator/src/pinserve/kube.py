@@ -40,11 +40,14 @@ from pinserve.retry import TRANSPORT, RetryPolicy, next_wait, parse_retry_after,
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
-# Connections to the API server kept alive, besides those the watches hold (over HTTP/1.1 a watch holds one for
-# as long as it runs): side-by-side requests re-opened connections, a TLS handshake each, with httpx's default of 20.
-# (HTTP/2 was measured and left: httpx's h2 cut the CPU of 48 side-by-side applies from 2.5 to 1.5 ms each, but
-# not the operator's at scale, and its answers came back later beside the watch streams.)
+# Requests go over HTTP/2 (one connection, side-by-side requests as streams of it): over HTTP/1.1 the pool kept
+# a connection per request in flight (64 alive, so that bursts did not re-open them, a TLS handshake each) and
+# probed every idle one at each request's start and end (a sixth of the operator's CPU at 10 creates/s).
+# Watches keep HTTP/1.1 connections of their own (a watch holds one for as long as it runs): on the requests'
+# connection, answers came back later beside the watch streams. POOL_CONNECTIONS bounds the requests' pool if a
+# server (or a proxy) only speaks HTTP/1.1.
 POOL_CONNECTIONS = 64
+WATCH_SPARE = 8  # watch connections beyond those the caller declares (opened only when needed)
 # Items per page of a List (client-go's pager and reflector use 500).
 LIST_PAGE = 500
 
@@ -141,33 +144,49 @@ class KubeApi:
                  rand: Callable[[], float] = random.random) -> None:
         self.credentials = credentials
         self.requests: Counter[str] = Counter()
+        # Answers by the protocol they came in ("HTTP/2", "HTTP/1.1"): requests share one HTTP/2 connection.
+        self.protocols: Counter[str] = Counter()
         self.retry = retry or RetryPolicy()
         # Injected for tests, which record the waits instead of spending them.
         self.sleep = sleep
         self.rand = rand
         self._timeout = timeout
-        self._connections = POOL_CONNECTIONS + max(watches, 0)  # ``watches``: how many the caller keeps open
+        # ``watches``: how many the caller keeps open; a few more may run (peering, tools) without waiting.
+        self._watches = max(watches, 0) + WATCH_SPARE
         self._client: lightkube.AsyncClient | None = None
+        self._watcher: lightkube.AsyncClient | None = None
 
-    def _lightkube(self) -> GenericAsyncClient:
-        """The lightkube client (made on first use, in the running loop; again after ``close``)."""
-        if self._client is None:
-            config = self.credentials.config
-            # httpx keeps 20 idle connections by default: a burst of side-by-side applies would close and
-            # re-open (a TLS handshake each) the rest. The transport keeps as many as it may open.
-            transport = httpx.AsyncHTTPTransport(
-                verify=client_adapter.verify_cluster(config.cluster, config.user or User(), config.abs_file),
-                limits=httpx.Limits(max_connections=self._connections, max_keepalive_connections=self._connections))
-            self._client = lightkube.AsyncClient(config, field_manager=MANAGER, transport=transport,
-                                                 timeout=httpx.Timeout(self._timeout))
+    def _make(self, *, http2: bool, connections: int) -> lightkube.AsyncClient:
+        config = self.credentials.config
+        # httpx keeps 20 idle connections by default: a burst would close and re-open (a TLS handshake each)
+        # the rest. The transport keeps as many as it may open.
+        transport = httpx.AsyncHTTPTransport(
+            verify=client_adapter.verify_cluster(config.cluster, config.user or User(), config.abs_file),
+            http2=http2, limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
+        return lightkube.AsyncClient(config, field_manager=MANAGER, transport=transport,
+                                     timeout=httpx.Timeout(self._timeout))
+
+    def _lightkube(self, *, watch: bool = False) -> GenericAsyncClient:
+        """The lightkube client for requests (HTTP/2), or with ``watch`` for watches (HTTP/1.1, a connection
+        each); made on first use, in the running loop; again after ``close``."""
+        if watch:
+            if self._watcher is None:
+                self._watcher = self._make(http2=False, connections=self._watches)
+            client = self._watcher
+        else:
+            if self._client is None:
+                self._client = self._make(http2=True, connections=POOL_CONNECTIONS)
+            client = self._client
         # AsyncClient's request engine: the public methods would send, decode and raise in one go, and its
         # watch loops forever; pinserve needs each try on its own (see the module's docstring).
-        return self._client._client
+        return client._client
 
     async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
+        for name in ("_client", "_watcher"):
+            client = getattr(self, name)
+            if client is not None:
+                setattr(self, name, None)
+                await client.close()
 
     async def _send(self, br: BasicRequest, verb: str | None = None) -> httpx.Response:
         """One request (``br``, built by lightkube), retried as pinserve.retry says (bounded, jittered,
@@ -180,6 +199,7 @@ class KubeApi:
             try:
                 with _transport_errors(br.method, br.url, self._timeout):
                     resp = await _transmit(client, client.build_adapter_request(br))
+                self.protocols[resp.http_version] += 1
                 if resp.status_code >= 400:
                     raise _error(resp)
                 return resp
@@ -328,10 +348,11 @@ class KubeApi:
             "resourceVersion": resource_version or None})
         # A read that stalls well past the server's own timeout is a dead stream.
         br.timeout = httpx.Timeout(self._timeout, read=timeout_seconds + 30)
-        client = self._lightkube()
+        client = self._lightkube(watch=True)
         self.requests["WATCH"] += 1
         with _transport_errors("WATCH", br.url, self._timeout):
             resp = await _transmit(client, client.build_adapter_request(br), stream=True)
+            self.protocols[resp.http_version] += 1
             try:
                 if resp.status_code >= 400:
                     await resp.aread()
