@@ -62,7 +62,7 @@ async def test_the_modelserver_changing_does_not_wait_and_covers_the_window(runs
     assert runs == [KEY] and state.queue().folding() == 0
 
 
-async def test_our_own_status_write_coming_back_settles(runs: list[tuple[str, str]]) -> None:
+async def test_our_own_status_write_coming_back_triggers_nothing(runs: list[tuple[str, str]]) -> None:
     assert state.CONTROLLER is not None
     state.SETTLE_SECONDS = 60.0
     state.CONTROLLER.written[KEY] = _Written("41", {"phase": "x"}, made="42")
@@ -72,11 +72,11 @@ async def test_our_own_status_write_coming_back_settles(runs: list[tuple[str, st
     assert not state.own_status_echo(KEY, other)
     assert not state.own_status_echo(("ns", "other"), echo)
     await watches.modelserver_changed(event={"type": "MODIFIED"}, namespace="ns", name="ms", body=echo)
-    assert runs == [] and state.queue().folding() == 1  # waits for the window
+    assert runs == [] and state.queue().folding() == 0 and state.queue().pending() == 0
     await watches.modelserver_changed(event={"type": "MODIFIED"}, namespace="ns", name="ms", body=other)
     await state.queue().drain()
     assert runs == [KEY] and state.queue().folding() == 0  # someone else's change: at once
-    assert state.triggers() == {"status-echo": 1, "ModelServer": 1}
+    assert state.triggers() == {"ModelServer": 1}
     runs.clear()
     state.SETTLE_SECONDS = 0.0  # no window: every trigger at once, as before
     state.children_changed("Pod", [KEY])

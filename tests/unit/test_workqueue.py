@@ -94,6 +94,22 @@ async def test_trigger_later_runs_once_and_the_earlier_timer_wins() -> None:
     assert runs == ["a"] and queue.scheduled() == 0 and queue.fired == 1
 
 
+async def test_requeue_replaces_the_timer_with_the_last_runs_answer() -> None:
+    """A run's answer supersedes an earlier run's: later or earlier, and None drops the timer."""
+    runs, done, queue = _recording_queue()
+    queue.trigger_later("a", 0.01)
+    queue.requeue("a", 60)  # later than the timer it replaces: still replaces it
+    await asyncio.sleep(0.05)
+    assert runs == [] and queue.scheduled() == 1
+    queue.requeue("a", None)  # settled: nothing to come back for
+    assert queue.scheduled() == 0
+    queue.requeue("b", None)  # no timer: nothing to drop
+    queue.requeue("a", 0.01)
+    await asyncio.wait_for(done.wait(), 5)
+    await queue.drain()
+    assert runs == ["a"] and queue.fired == 1 and queue.scheduled() == 0
+
+
 async def test_forget_and_cancel_drop_the_timers() -> None:
     runs, _, queue = _recording_queue()
     queue.trigger_later("a", 0.01)

@@ -132,7 +132,7 @@ def exposition(sample: Sample) -> str:
                  "Reconciles that ended in an error, by reason (ApiError, ApplyFailed, NameConflict, Exception).",
                  _labelled("reason", sample.errors)),
         *_family("pinserve_reconcile_triggers_total", "counter",
-                 "What set reconciles off: the ModelServer's events (status-echo: our own status write back), a child "
+                 "What set reconciles off: the ModelServer's events (not our own status write coming back), a child "
                  "kind's, a node's, a timed requeue, the periodic resync, becoming leader. Triggers coalesce.",
                  _labelled("source", sample.triggers)),
         *_family("pinserve_reconcile_duration_seconds", "histogram",

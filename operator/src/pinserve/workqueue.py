@@ -128,6 +128,18 @@ class KeyedQueue(Generic[K]):
             timer.cancel()
         self._timers[key] = loop.call_at(when, self._fire, key)
 
+    def requeue(self, key: K, delay: float | None) -> None:
+        """What the key's last run asks for: a trigger in ``delay`` seconds, or (None) no timed trigger.
+
+        Replaces the key's timer, earlier or later: each run reads the whole state, so its answer supersedes
+        what an earlier run asked (a hold for a status that has meanwhile settled would only make a no-op run).
+        """
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if delay is not None:
+            self.trigger_later(key, delay)
+
     def trigger_soon(self, key: K, window: float) -> None:
         """Run ``work(key)`` within ``window`` seconds: the triggers of one window fold into one run.
 

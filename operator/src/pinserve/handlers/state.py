@@ -126,9 +126,10 @@ async def _reconcile(key: Key) -> None:
             raise
         finally:
             LATENCY.observe(time.monotonic() - started)
-        # A bounded wait (benchmark) or an API error's backoff: come back then, not only at the resync.
-        if outcome is not None and outcome.requeue_after is not None:
-            queue().trigger_later(key, outcome.requeue_after)
+        # A bounded wait (benchmark), a held status or an API error's backoff: come back then, not only at the
+        # resync. The run's answer replaces what an earlier run asked: a hold whose status has settled is dropped.
+        if outcome is not None:
+            queue().requeue(key, outcome.requeue_after)
 
 
 def queue() -> KeyedQueue[Key]:

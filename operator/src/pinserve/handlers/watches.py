@@ -43,9 +43,11 @@ async def modelserver_changed(**kwargs: Any) -> None:
     if kwargs["event"].get("type") == "DELETED":
         state.forget(key)
         return  # owner references let the garbage collector remove the children
-    # Our own status write coming back changes nothing we asked for: it settles with the children's changes.
-    echo = state.own_status_echo(key, kwargs["body"])
-    state.trigger(key, "status-echo" if echo else "ModelServer", settle=echo)
+    # Our own status write coming back (exactly the object it made) changes nothing a reconcile reads: the write
+    # was judged from the same children, and whatever changed since has triggered a reconcile of its own.
+    if state.own_status_echo(key, kwargs["body"]):
+        return
+    state.trigger(key, "ModelServer")
 
 
 @kopf.on.event("nodes")
