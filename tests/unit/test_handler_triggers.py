@@ -62,6 +62,32 @@ async def test_the_modelserver_changing_does_not_wait_and_covers_the_window(runs
     assert runs == [KEY] and state.queue().folding() == 0
 
 
+def _event(generation: int, version: str) -> dict[str, Any]:
+    return {"metadata": {"name": "ms", "namespace": "ns", "generation": generation, "resourceVersion": version}}
+
+
+async def test_a_new_spec_is_reconciled_at_once_metadata_and_status_changes_settle(
+        runs: list[tuple[str, str]]) -> None:
+    state.SETTLE_SECONDS = 60.0
+    changed = watches.modelserver_changed
+    await changed(event={"type": "ADDED"}, namespace="ns", name="ms", body=_event(1, "10"))  # created: at once
+    await state.queue().drain()
+    assert runs == [KEY]
+    # A label, or our own status write whose watch event came before the write's answer: same generation.
+    await changed(event={"type": "MODIFIED"}, namespace="ns", name="ms", body=_event(1, "11"))
+    await state.queue().drain()
+    assert runs == [KEY] and state.queue().folding() == 1
+    await changed(event={"type": "MODIFIED"}, namespace="ns", name="ms", body=_event(2, "12"))  # a new spec
+    await state.queue().drain()
+    assert runs == [KEY, KEY] and state.queue().folding() == 0  # the run covered the open window
+    await changed(event={"type": "DELETED"}, namespace="ns", name="ms", body=_event(2, "13"))
+    assert KEY not in state.GENERATIONS
+    # Recreated under the same name (generation 1 again, or even the same number): a creation is never held.
+    await changed(event={"type": "ADDED"}, namespace="ns", name="ms", body=_event(2, "14"))
+    await state.queue().drain()
+    assert runs == [KEY, KEY, KEY]
+
+
 async def test_our_own_status_write_coming_back_triggers_nothing(runs: list[tuple[str, str]]) -> None:
     assert state.CONTROLLER is not None
     state.SETTLE_SECONDS = 60.0

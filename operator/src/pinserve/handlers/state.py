@@ -39,6 +39,10 @@ SETTLE_SECONDS = 0.5
 # Key -> when (time.monotonic) its last reconcile started: the periodic resync re-checks only the keys that have
 # not been reconciled for a whole period, so it is spread over time instead of one burst of every ModelServer.
 LAST_RUN: dict[Key, float] = {}
+# Key -> the generation of the ModelServer's last event: a change of its spec (a new generation) or its creation is
+# reconciled at once; a change of metadata or status only (someone's label, our own status write coming back
+# before its answer did) settles with the children's changes.
+GENERATIONS: dict[Key, int] = {}
 
 MODELSERVER_INDEX = "pinserve_modelservers"
 NODE_INDEX = "pinserve_nodes"
@@ -62,6 +66,7 @@ def reset() -> None:
     LAST_NODES.clear()
     TRIGGERS.clear()
     LAST_RUN.clear()
+    GENERATIONS.clear()
 
 
 def remember(kwargs: Mapping[str, Any]) -> None:
@@ -173,9 +178,18 @@ def own_status_echo(key: Key, body: Mapping[str, Any]) -> bool:
     return written is not None and written.made is not None and rv == written.made
 
 
+def modelserver_event(key: Key, body: Mapping[str, Any]) -> None:
+    """The ModelServer was created or changed (not by our own status write: see own_status_echo)."""
+    generation = int((body.get("metadata") or {}).get("generation") or 0)
+    settle = GENERATIONS.get(key) == generation
+    GENERATIONS[key] = generation
+    trigger(key, "ModelServer", settle=settle)
+
+
 def forget(key: Key) -> None:
     """The ModelServer is gone: drop what is kept for it."""
     LAST_RUN.pop(key, None)
+    GENERATIONS.pop(key, None)
     if CONTROLLER is not None:
         CONTROLLER.forget(key)
     if QUEUE is not None:

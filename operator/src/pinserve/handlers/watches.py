@@ -47,7 +47,7 @@ async def modelserver_changed(**kwargs: Any) -> None:
     # was judged from the same children, and whatever changed since has triggered a reconcile of its own.
     if state.own_status_echo(key, kwargs["body"]):
         return
-    state.trigger(key, "ModelServer")
+    state.modelserver_event(key, kwargs["body"])
 
 
 @kopf.on.event("nodes")
