@@ -12,11 +12,12 @@ so unrelated pods in a busy cluster cost neither memory nor CPU here.
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from pinserve.render.common import LABEL_MANAGED_BY, LABEL_MODELSERVER
 
@@ -82,14 +83,20 @@ def pod_essentials(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# msgspec (lightkube's JSON codec): the same compact JSON as json.dumps(separators=(",", ":")), in less than
+# half the time both ways; every watch event is packed and every reconcile unpacks its children.
+_ENCODE = msgspec.json.Encoder().encode
+_DECODE = msgspec.json.Decoder().decode
+
+
 def pack(obj: Mapping[str, Any]) -> bytes:
     """An object as compact, compressed JSON: a Python dict of a Deployment and its serving ConfigMap (model
     config, start script) takes several times its JSON size; the same object twice packs to the same bytes."""
-    return zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 1)
+    return zlib.compress(_ENCODE(obj), 1)
 
 
 def unpack(packed: bytes) -> dict[str, Any]:
-    obj: dict[str, Any] = json.loads(zlib.decompress(packed))
+    obj: dict[str, Any] = _DECODE(zlib.decompress(packed))
     return obj
 
 

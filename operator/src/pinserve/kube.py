@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import os
 import random
 from collections import Counter
@@ -26,6 +25,7 @@ from typing import Any
 
 import httpx2 as httpx
 import lightkube
+import msgspec
 from lightkube import ConfigError
 from lightkube.config import client_adapter
 from lightkube.config.kubeconfig import DEFAULT_KUBECONFIG, KubeConfig, SingleConfig
@@ -357,13 +357,31 @@ class KubeApi:
                 if resp.status_code >= 400:
                     await resp.aread()
                     raise _error(resp)
-                # Newline-delimited JSON events of any size, whatever the chunking.
-                async for line in resp.aiter_lines():
-                    if line.strip():
-                        event: dict[str, Any] = json.loads(line)
-                        yield event
+                # Newline-delimited JSON events of any size, whatever the chunking: split as bytes and decoded
+                # by msgspec (lightkube's codec), without decoding the stream to text first.
+                pending = bytearray()
+                async for chunk in resp.aiter_bytes():
+                    pending += chunk
+                    end = pending.rfind(b"\n")
+                    if end < 0:
+                        continue
+                    lines = pending[:end].split(b"\n")
+                    del pending[:end + 1]
+                    for line in lines:
+                        if line.strip():
+                            yield _decode_event(line)
+                if pending.strip():
+                    yield _decode_event(pending)
             finally:
                 await resp.aclose()
+
+
+_decode_json = msgspec.json.Decoder().decode
+
+
+def _decode_event(line: bytes | bytearray) -> dict[str, Any]:
+    event: dict[str, Any] = _decode_json(line)
+    return event
 
 
 async def _transmit(client: GenericAsyncClient, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
