@@ -249,7 +249,7 @@ def test_operator_deployment(rendered: list[Doc]) -> None:
     assert env["PINSERVE_OPERATOR_IMAGE"] == container["image"]
     assert env["PINSERVE_BENCH_IMAGE"] == "pinserve/bench:0.1.0"
     assert env["PINSERVE_NAMESPACES"] == ""
-    assert env["PINSERVE_RESYNC_SECONDS"] == "60"
+    assert env["PINSERVE_RESYNC_SECONDS"] == "600"
     assert env["PINSERVE_KEEP_BENCH_JOBS"] == "3"
     assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     sc = container["securityContext"]

@@ -44,6 +44,7 @@ PROGRESS_REASONS = frozenset({"Deploying", "RollingOut", "PodsNotReady"})
 # this many first holds later (5 min by default): a slow start is reported once, then settles or fails.
 PROGRESS_REFRESH_FACTOR = 30
 API_ERROR_REQUEUE = 5.0  # seconds before reconciling again after an API error, doubled per consecutive one
+API_ERROR_REQUEUE_MAX = 300.0  # ... up to this, or the resync period if shorter
 
 
 class _CarryOutError(Exception):
@@ -237,7 +238,7 @@ class Controller:
             self.api_failures.pop(key, None)
             return wanted
         failures = self.api_failures[key] = self.api_failures.get(key, 0) + 1
-        limit = float(max(self.settings.resync_seconds, 1))
+        limit = max(min(float(self.settings.resync_seconds), API_ERROR_REQUEUE_MAX), 1.0)
         backoff = min(API_ERROR_REQUEUE * 2.0 ** (failures - 1), limit) * (0.5 + random.random() / 2)
         delay = max(backoff, api_error)
         return delay if wanted is None else min(wanted, delay)
