@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
 
+from pinserve.api import API_VERSION, KIND
 from pinserve.childcache import (
     SELECTOR,
     Change,
     Store,
     new_stores,
+    own_key,
     owner_key,
     pack,
     plain,
     pod_essentials,
     unpack,
 )
+from pinserve.planning import node_info
 from pinserve.render.common import LABEL_MANAGED_BY, LABEL_MODELSERVER
 
 pytestmark = pytest.mark.unit
@@ -140,3 +144,39 @@ def test_packed_objects_read_back_as_fresh_copies() -> None:
 def test_plain_drops_managed_fields_only() -> None:
     assert plain(obj("d", "1"))["metadata"] == {"name": "d", "namespace": "ml", "resourceVersion": "1",
                                                 "labels": OURS}
+
+
+def test_a_node_heartbeat_touches_nothing_what_we_plan_with_does() -> None:
+    store = new_stores()["Node"]
+    node = {"metadata": {"name": "n1", "resourceVersion": "1", "annotations": {"pinserve.io/topology": "{}",
+                                                                             "other.io/x": "y"}},
+            "spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]},
+            "status": {"allocatable": {"cpu": "8"}, "capacity": {"cpu": "8"}, "images": [{"names": ["big"]}],
+                       "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": "t0"},
+                                      {"type": "MemoryPressure", "status": "False"}]}}
+    assert store.handle({"type": "ADDED", "object": node}).keys == {("", "n1")}
+    beat = copy.deepcopy(node)
+    beat["metadata"]["resourceVersion"] = "2"
+    beat["status"]["conditions"][0]["lastHeartbeatTime"] = "t1"
+    beat["status"]["images"] = []
+    assert store.handle({"type": "MODIFIED", "object": beat}).keys == frozenset()
+    assert store.resource_version == "2"
+    cordoned = copy.deepcopy(beat)
+    cordoned["spec"]["unschedulable"] = True
+    assert store.handle({"type": "MODIFIED", "object": cordoned}).keys == {("", "n1")}
+    kept = store.get("", "n1")
+    assert kept is not None and kept["metadata"]["annotations"] == {"pinserve.io/topology": "{}"}
+    assert kept["status"]["conditions"] == [{"type": "Ready", "status": "True"}]
+    assert node_info(kept) == node_info(cordoned)  # what planning reads survives the trim
+
+
+def test_modelservers_are_kept_under_themselves() -> None:
+    store = new_stores()[KIND]
+    ms = {"metadata": {"name": "rfcn", "namespace": "ml", "resourceVersion": "5", "managedFields": [{}]},
+          "spec": {"x": 1}}
+    assert store.replace([ms], "5").keys == {("ml", "rfcn")}
+    assert store.owners() == [("ml", "rfcn")] and store.foreign == 0
+    kept = store.get("ml", "rfcn")
+    assert kept == {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "rfcn", "namespace": "ml",
+                                                                         "resourceVersion": "5"}, "spec": {"x": 1}}
+    assert own_key({"metadata": {}}) is None and own_key({"metadata": {"name": "n"}}) == ("", "n")

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from pinserve.childcache import SELECTOR, Store
-from pinserve.informer import Informer
+from pinserve.api import API_VERSION, KIND
+from pinserve.childcache import SELECTOR, Store, node_essentials
+from pinserve.informer import Informer, watch_count
 from pinserve.kube import ApiError
 from pinserve.render.common import LABEL_MANAGED_BY, LABEL_MODELSERVER
 
@@ -129,4 +130,35 @@ async def test_not_primed_until_every_stream_is_listed() -> None:
     assert {c[1] for c in api.calls if c[0] == "LIST"} == {"a", "b"}  # one stream per namespace
     gate.set()
     assert await informer.wait_primed(timeout=5)
+    await informer.stop()
+
+
+async def test_modelservers_and_nodes_are_listed_unfiltered_nodes_once_for_the_cluster() -> None:
+    """ModelServers per watched namespace without a selector, keyed by themselves; nodes in one cluster-wide
+    stream, whatever the namespaces; children with the selector. Every stream holds a connection."""
+    ms = {"metadata": {"name": "rfcn", "namespace": "a", "resourceVersion": "3"}}
+    node = {"metadata": {"name": "n1", "resourceVersion": "4"}, "status": {"allocatable": {"cpu": "8"}}}
+    api = ScriptedApi([], [])
+
+    async def list_object(kind: str, namespace: str | None = None, *, label_selector: str | None = None,
+                          field_selector: str | None = None) -> dict[str, Any]:
+        api.calls.append(("LIST", namespace, label_selector, kind))
+        items = {KIND: [ms] if namespace == "a" else [], "Node": [node]}.get(kind, [])
+        return {"items": items, "metadata": {"resourceVersion": "9"}}
+
+    api.list_object = list_object  # type: ignore[method-assign]
+    changes: list[tuple[str, set[tuple[str, str]]]] = []
+    informer = Informer(api, lambda kind, keys: changes.append((kind, set(keys))),  # type: ignore[arg-type]
+                        namespaces=("a", "b"))
+    informer.start()
+    assert await informer.wait_primed(timeout=5)
+    lists = {(c[3], c[1], c[2]) for c in api.calls if c[0] == "LIST"}
+    assert {(KIND, "a", None), (KIND, "b", None), ("Node", None, None), ("Pod", "a", SELECTOR)} <= lists
+    assert not any(c[3] == "Node" and c[1] is not None for c in api.calls if c[0] == "LIST")
+    assert len(informer.open_streams()) == watch_count(("a", "b")) == 2 * 6 + 1
+    assert watch_count(()) == 7
+    assert informer.keys(KIND) == [("a", "rfcn")] and informer.keys("Node") == [("", "n1")]
+    assert (KIND, {("a", "rfcn")}) in changes and ("Node", {("", "n1")}) in changes
+    assert informer.get("Node", "", "n1") == {"apiVersion": "v1", "kind": "Node", **node_essentials(node)}
+    assert informer.get(KIND, "a", "rfcn")["apiVersion"] == API_VERSION  # type: ignore[index]
     await informer.stop()

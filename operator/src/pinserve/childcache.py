@@ -1,13 +1,14 @@
-"""The operator's view of what it owns: a store per child kind, filled by a label-filtered list+watch.
+"""The operator's view of the cluster: a store per kind it reads, filled by a list+watch (pinserve.informer).
 
 Pure logic, no I/O: :class:`Store` takes a List answer (:meth:`Store.replace`) or one watch event
-(:meth:`Store.handle`) and says which ModelServers the change concerns, so that the informer
-(:mod:`pinserve.informer`) can trigger their reconciles. Objects are kept trimmed (``managedFields``
-dropped; pods cut to what status, pinning, pod failures and the benchmark read) and packed (compressed
-JSON, unpacked per read), keyed by the ModelServer named in their ``pinserve.io/modelserver`` label.
+(:meth:`Store.handle`) and says which keys the change concerns, so that the informer can trigger their
+reconciles. Objects are kept trimmed (``managedFields`` dropped; pods and nodes cut to what status,
+pinning, pod failures, planning and the benchmark read) and packed (compressed JSON, unpacked per read).
+Children are keyed by the ModelServer named in their ``pinserve.io/modelserver`` label; ModelServers and
+nodes by themselves.
 
-Only objects carrying both labels of :data:`SELECTOR` ever reach the operator: the API server filters,
-so unrelated pods in a busy cluster cost neither memory nor CPU here.
+Of the children, only objects carrying both labels of :data:`SELECTOR` ever reach the operator: the API
+server filters, so unrelated pods in a busy cluster cost neither memory nor CPU here.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Any
 
 import msgspec
 
+from pinserve.api import API_VERSION, KIND
 from pinserve.render.common import LABEL_MANAGED_BY, LABEL_MODELSERVER
 
-Key = tuple[str, str]  # (namespace, ModelServer name)
+Key = tuple[str, str]  # (namespace, ModelServer name); ("", name) for a node
 Trim = Callable[[Mapping[str, Any]], dict[str, Any]]
+KeyOf = Callable[[Mapping[str, Any]], "Key | None"]
 
 #: Server-side filter: managed by pinserve and naming its ModelServer.
 SELECTOR = f"{LABEL_MANAGED_BY}=pinserve,{LABEL_MODELSERVER}"
@@ -89,6 +92,28 @@ _ENCODE = msgspec.json.Encoder().encode
 _DECODE = msgspec.json.Decoder().decode
 
 
+def node_essentials(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What planning.node_info reads of a Node, and no more: a heartbeat (condition times, images, resource
+    version) leaves this the same, so it triggers nothing."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith("pinserve.io/")},
+        },
+        "spec": {"taints": list(spec.get("taints") or []), "unschedulable": bool(spec.get("unschedulable"))},
+        "status": {
+            "allocatable": dict(status.get("allocatable") or {}),
+            "capacity": dict(status.get("capacity") or {}),
+            "conditions": [{"type": c.get("type"), "status": c.get("status")}
+                           for c in status.get("conditions") or [] if c.get("type") == "Ready"],
+        },
+    }
+
+
 def pack(obj: Mapping[str, Any]) -> bytes:
     """An object as compact, compressed JSON: a Python dict of a Deployment and its serving ConfigMap (model
     config, start script) takes several times its JSON size; the same object twice packs to the same bytes."""
@@ -98,6 +123,13 @@ def pack(obj: Mapping[str, Any]) -> bytes:
 def unpack(packed: bytes) -> dict[str, Any]:
     obj: dict[str, Any] = _DECODE(zlib.decompress(packed))
     return obj
+
+
+def own_key(obj: Mapping[str, Any]) -> Key | None:
+    """An object keyed by itself: a ModelServer by (namespace, name), a node by ("", name)."""
+    meta = obj.get("metadata") or {}
+    name = meta.get("name")
+    return (meta.get("namespace") or "", str(name)) if name else None
 
 
 def owner_key(obj: Mapping[str, Any]) -> Key | None:
@@ -119,10 +151,18 @@ class Change:
 
 @dataclass
 class Store:
-    """One kind's objects, as the last list and the watch events since have them."""
+    """One kind's objects, as the last list and the watch events since have them.
+
+    Children are kept under the ModelServer their labels name (``key_of`` = owner_key) and listed with
+    :data:`SELECTOR`; ModelServers and nodes under themselves (own_key), unfiltered.
+    """
 
     kind: str
     trim: Trim = plain
+    key_of: KeyOf = owner_key
+    selector: str | None = SELECTOR
+    api_version: str | None = None  # None: CHILD_KINDS says
+    cluster_scoped: bool = False
     # (namespace, name) -> (owner, trimmed object, packed): objects are kept as compressed JSON (see pack)
     objects: dict[Key, tuple[Key, bytes]] = field(default_factory=dict)
     by_owner: dict[Key, dict[str, bytes]] = field(default_factory=dict)
@@ -134,14 +174,14 @@ class Store:
     def _trimmed(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         obj = self.trim(raw)
         obj.setdefault("kind", self.kind)
-        obj.setdefault("apiVersion", CHILD_KINDS.get(self.kind, "v1"))
+        obj.setdefault("apiVersion", self.api_version or CHILD_KINDS.get(self.kind, "v1"))
         return obj
 
     def _put(self, raw: Mapping[str, Any]) -> set[Key]:
         """Store an object; the owners whose view changed (none when the trimmed form is the same)."""
         meta = raw.get("metadata") or {}
         ident = (meta.get("namespace") or "", meta.get("name") or "")
-        owner = owner_key(raw)
+        owner = self.key_of(raw)
         if owner is None:
             self.foreign += 1
             return self._drop(ident)
@@ -207,10 +247,22 @@ class Store:
         found = self.objects.get((namespace, name))
         return unpack(found[1]) if found else None
 
+    def owners(self) -> list[Key]:
+        """The keys objects are kept under (for a store of ModelServers or nodes: the objects themselves)."""
+        return list(self.by_owner)
+
+    def empty(self) -> Store:
+        """A store like this one, holding nothing (one per watched namespace)."""
+        return Store(self.kind, self.trim, self.key_of, self.selector, self.api_version, self.cluster_scoped)
+
     def __len__(self) -> int:
         return len(self.objects)
 
 
 def new_stores() -> dict[str, Store]:
-    """One store per child kind; pods keep only their essentials."""
-    return {kind: Store(kind, pod_essentials if kind == "Pod" else plain) for kind in CHILD_KINDS}
+    """One store per child kind (pods keep only their essentials), one of ModelServers and one of nodes."""
+    return {
+        **{kind: Store(kind, pod_essentials if kind == "Pod" else plain) for kind in CHILD_KINDS},
+        KIND: Store(KIND, plain, own_key, selector=None, api_version=API_VERSION),
+        "Node": Store("Node", node_essentials, own_key, selector=None, api_version="v1", cluster_scoped=True),
+    }

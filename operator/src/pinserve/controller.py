@@ -1,6 +1,6 @@
 """Carries out reconcile Outcomes: apply, delete, status, events — serialised per ModelServer.
 
-Observations come from kopf indices and the label-filtered caches (pinserve.informer), so a reconcile
+Observations come from the informer's caches (pinserve.informer: ModelServers, nodes, children), so a reconcile
 makes no reads; writes happen only for what differs, which makes a no-op resync free. A child missing
 from the caches is created with a create-only apply; only a 409 makes it read the object (NameConflict
 or adopt).
@@ -132,7 +132,7 @@ class Controller:
         written = self.written.get(key)
         if written is None:
             return body
-        # An object delivered between the one we wrote over and our write (kopf may deliver either) still
+        # An object delivered between the one we wrote over and our write (a watch may deliver either) still
         # holds the old status: judged against it, a transition would be announced twice.
         rv = (body.get("metadata") or {}).get("resourceVersion")
         if written.superseded_by(rv) or time.monotonic() - written.at > IN_FLIGHT_SECONDS:

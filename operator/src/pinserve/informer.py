@@ -1,10 +1,12 @@
-"""Label-filtered list+watch of the kinds pinserve owns (an informer): the API server does the filtering.
+"""List+watch of the kinds pinserve reads (an informer): its ModelServers, the nodes, and the children it
+owns, label-filtered so that the API server does the filtering.
 
-Per kind (and per namespace when the operator is restricted to some): list with
-:data:`pinserve.childcache.SELECTOR`, then watch from the list's resourceVersion with bookmarks,
+Per kind (and per namespace when the operator is restricted to some; nodes once, cluster-wide): list with
+the store's selector (:data:`pinserve.childcache.SELECTOR` for children), then watch from the list's
+resourceVersion with bookmarks,
 re-watching from the last resourceVersion seen when the server ends the stream, relisting when it
 says the resourceVersion expired (410 Gone, or any ERROR event), backing off on failures. Each change
-calls ``on_change`` with the kind and the ModelServers it concerns.
+calls ``on_change`` with the kind and the keys it concerns (ModelServers; nodes as ("", name)).
 
 ``primed`` is set once every store has been listed: reconciles wait for it, so a reconcile never
 judges from an empty cache (and never re-creates what already exists).
@@ -18,7 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from pinserve.childcache import SELECTOR, Change, Key, Store, new_stores
+from pinserve.childcache import Change, Key, Store, new_stores
 from pinserve.kube import ApiError, KubeApi
 
 log = logging.getLogger("pinserve")
@@ -26,6 +28,12 @@ log = logging.getLogger("pinserve")
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
 WATCH_TIMEOUT = 300
+
+
+def watch_count(namespaces: tuple[str, ...], stores: dict[str, Store] | None = None) -> int:
+    """How many watches an informer over ``namespaces`` (empty: the cluster) keeps open, a connection each."""
+    per_namespace = max(len(namespaces), 1)
+    return sum(1 if store.cluster_scoped else per_namespace for store in (stores or new_stores()).values())
 
 
 class Informer:
@@ -62,6 +70,10 @@ class Informer:
         store = self._store(kind, namespace)
         return store.get(namespace, name) if store is not None else None
 
+    def keys(self, kind: str) -> list[Key]:
+        """Every key the stores of ``kind`` hold objects under."""
+        return [key for (k, _), store in self._streams.items() if k == kind for key in store.owners()]
+
     def sizes(self) -> dict[str, int]:
         counts: dict[str, int] = dict.fromkeys(self.stores, 0)
         for (kind, _), store in self._streams.items():
@@ -74,12 +86,18 @@ class Informer:
 
     # -- running ------------------------------------------------------------------------------------------
 
+    def open_streams(self) -> dict[tuple[str, str | None], Store]:
+        """The stores, one per (kind, watched namespace); a cluster-scoped kind has one, cluster-wide."""
+        if not self._streams:
+            for kind, template in self.stores.items():
+                namespaces: tuple[str | None, ...] = (None,) if template.cluster_scoped else self.namespaces
+                for ns in namespaces:
+                    self._streams[(kind, ns)] = template if len(namespaces) == 1 else template.empty()
+        return self._streams
+
     def start(self) -> None:
-        for kind, template in self.stores.items():
-            for ns in self.namespaces:
-                store = template if len(self.namespaces) == 1 else Store(kind, template.trim)
-                self._streams[(kind, ns)] = store
-                self._tasks.append(asyncio.create_task(self._run(kind, ns, store), name=f"informer-{kind}-{ns}"))
+        for (kind, ns), store in self.open_streams().items():
+            self._tasks.append(asyncio.create_task(self._run(kind, ns, store), name=f"informer-{kind}-{ns}"))
 
     async def wait_primed(self, timeout: float | None = None) -> bool:
         try:
@@ -101,7 +119,7 @@ class Informer:
             self.on_change(kind, change.keys)
 
     async def _list(self, kind: str, ns: str | None, store: Store) -> None:
-        answer = await self.api.list_object(kind, ns, label_selector=SELECTOR)
+        answer = await self.api.list_object(kind, ns, label_selector=store.selector)
         change = store.replace(answer.get("items") or [], (answer.get("metadata") or {}).get("resourceVersion"))
         self.relists += 1
         self._listed.add((kind, ns))
@@ -111,7 +129,8 @@ class Informer:
 
     async def _watch(self, kind: str, ns: str | None, store: Store) -> None:
         """Follow events until the stream ends (re-watch) or the store asks for a relist."""
-        async for event in self.api.watch(kind, ns, label_selector=SELECTOR, resource_version=store.resource_version,
+        async for event in self.api.watch(kind, ns, label_selector=store.selector,
+                                          resource_version=store.resource_version,
                                           timeout_seconds=self.watch_timeout):
             change = store.handle(event)
             if change.relist:

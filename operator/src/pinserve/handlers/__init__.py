@@ -1,6 +1,7 @@
-"""kopf adapters: watches fill indices; every event funnels into Controller.sync.
+"""Operator adapters: kopf runs the operator (``lifecycle``: login, start-up, peering, cleanup); pinserve's
+informer brings every change (``watches``), and every change funnels into Controller.sync (``state``).
 
-Importing this package registers the handlers (``kopf run -m pinserve.handlers``).
+Importing this package registers the kopf handlers (``kopf run -m pinserve.handlers``).
 """
 
 from pinserve.handlers import lifecycle, watches

@@ -13,10 +13,10 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from pinserve import childcache, kubelogin, metrics
+from pinserve import kubelogin, metrics
 from pinserve.controller import Controller
-from pinserve.handlers import state
-from pinserve.informer import Informer
+from pinserve.handlers import state, watches
+from pinserve.informer import Informer, watch_count
 from pinserve.kube import Credentials, KubeApi
 from pinserve.loopwatch import LoopWatch
 from pinserve.peering import Follower
@@ -56,9 +56,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     operator_settings = Settings.from_env()
-    # The informer's watches (one per child kind and watched namespace) each hold a connection of the pool.
-    watches = len(childcache.CHILD_KINDS) * max(len(operator_settings.namespaces), 1)
-    state.CONTROLLER = Controller(api=KubeApi(Credentials.from_environment(), watches=watches),
+    # The informer's watches (one per namespaced kind and watched namespace, one of nodes) each hold a connection.
+    streams = watch_count(operator_settings.namespaces)
+    state.CONTROLLER = Controller(api=KubeApi(Credentials.from_environment(), watches=streams),
                                   settings=operator_settings,
                                   status_coalesce=float(os.environ.get("PINSERVE_STATUS_HOLD_SECONDS",
                                                                        STATUS_COALESCE_SECONDS)))
@@ -81,12 +81,11 @@ def _watch_loop() -> None:
 
 
 async def _start_informer(api: KubeApi, namespaces: tuple[str, ...]) -> None:
-    """The children pinserve owns, filtered by the API server; listed before any reconcile may run.
-
-    kopf starts its watches (and so calls the ModelServer handlers) only after the start-up handlers
-    return, and every reconcile also waits for ``primed``: a reconcile never sees an unlisted cache.
+    """ModelServers, nodes and the children pinserve owns (filtered by the API server); listed before any
+    reconcile may run: every reconcile waits for ``primed``, so none judges from an unlisted cache (nor plans
+    against nodes not yet listed).
     """
-    state.INFORMER = Informer(api, state.children_changed, namespaces=namespaces)
+    state.INFORMER = Informer(api, watches.changed, namespaces=namespaces)
     state.INFORMER.start()
     while not await state.INFORMER.wait_primed(timeout=30):
         log.warning("still listing the objects pinserve owns (%s)", state.INFORMER.sizes())
@@ -135,12 +134,10 @@ async def _start_metrics(settings: Settings) -> None:
 async def _resync_forever(interval: int) -> None:
     """Level-based safety net: re-evaluate, from the indices (no API reads), each ModelServer that nothing has
     reconciled for ``interval`` seconds. Checked every sixth of it, so each is re-evaluated 1 to 1 1/6
-    intervals after its last reconcile. The node list is read from kopf's index again at each check too (a node
-    that left while a watch was down, with no event, is not planned with for long)."""
+    intervals after its last reconcile."""
     while True:
         await asyncio.sleep(max(interval / RESYNC_CHECKS, 1.0))
         try:
-            state.nodes_changed()
             state.resync_stale(interval)
         except Exception:  # the loop must survive any single failure
             log.exception("periodic resync failed")

@@ -1,4 +1,4 @@
-"""Process-wide operator state shared by the kopf adapters (set at start-up, reset at cleanup)."""
+"""Process-wide operator state shared by the adapters (set at start-up, reset at cleanup)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pinserve.childcache import unpack
+from pinserve.api import KIND
 from pinserve.controller import Controller, Key, Snapshot, observed_for
 from pinserve.informer import Informer
 from pinserve.metrics import Histogram
@@ -22,12 +22,12 @@ QUEUE: KeyedQueue[Key] | None = None
 # False while another replica leads (kopf peering, pinserve.peering); standalone operators always lead.
 LEADING = True
 LATENCY = Histogram()
-# kopf hands indices to handlers only; the resync loop borrows them from the last handler call.
-INDICES: dict[str, Any] = {}
-# The children pinserve owns, from label-filtered list+watch caches (started at start-up, stopped at cleanup).
+# ModelServers, nodes and the children pinserve owns, from list+watch caches (started at start-up, stopped at
+# cleanup).
 INFORMER: Informer | None = None
+# Node name -> what we plan with, as the node store last had it (handlers.watches.nodes_changed keeps it).
 LAST_NODES: dict[str, NodeInfo] = {}
-# The node index as a list, kept until a node changes what we plan with (node_changed calls nodes_changed):
+# The nodes as a list, kept until a node changes what we plan with (the same objects, so plans stay cached):
 # building it per reconcile walked every node of the cluster.
 _NODES: list[NodeInfo] | None = None
 # Reconcile triggers by what set them off (the ModelServer's own events, a child kind, a node, a timed requeue, the
@@ -44,9 +44,6 @@ LAST_RUN: dict[Key, float] = {}
 # before its answer did) settles with the children's changes.
 GENERATIONS: dict[Key, int] = {}
 
-MODELSERVER_INDEX = "pinserve_modelservers"
-NODE_INDEX = "pinserve_nodes"
-ALL_INDEXES = (MODELSERVER_INDEX, NODE_INDEX)
 CHILD_KINDS = ("Deployment", "Service", "ConfigMap", "Job")
 
 
@@ -62,48 +59,31 @@ def reset() -> None:
     LEADING = True
     LATENCY = Histogram()
     _NODES = None
-    INDICES.clear()
     LAST_NODES.clear()
     TRIGGERS.clear()
     LAST_RUN.clear()
     GENERATIONS.clear()
 
 
-def remember(kwargs: Mapping[str, Any]) -> None:
-    for name in ALL_INDEXES:
-        if name in kwargs:
-            INDICES[name] = kwargs[name]
-
-
-def _values(index: Any, key: Any) -> list[Any]:
-    if index is None or key not in index:
-        return []
-    return list(index[key])
-
-
 def nodes() -> list[NodeInfo]:
     global _NODES  # noqa: PLW0603  (module state by design)
     if _NODES is None:
-        index = INDICES.get(NODE_INDEX)
-        if index is None:
-            return []  # no handler has run yet: nothing to keep
-        _NODES = sorted((info for store in index.values() for info in store), key=lambda n: n.name)
+        _NODES = sorted(LAST_NODES.values(), key=lambda n: n.name)
     return _NODES
 
 
 def nodes_changed() -> None:
-    """A node appeared, left or changed what we plan with: the next nodes() reads the index again."""
+    """A node appeared, left or changed what we plan with: the next nodes() builds the list again."""
     global _NODES  # noqa: PLW0603  (module state by design)
     _NODES = None
 
 
 def modelserver_keys() -> list[Key]:
-    return sorted((INDICES.get(MODELSERVER_INDEX) or {}).keys())
+    return sorted(INFORMER.keys(KIND)) if INFORMER is not None else []
 
 
 def modelserver_body(key: Key) -> Mapping[str, Any] | None:
-    found = _values(INDICES.get(MODELSERVER_INDEX), key)
-    return unpack(found[0]) if found else None
+    return INFORMER.get(KIND, key[0], key[1]) if INFORMER is not None else None
 
 
 def snapshot(key: Key) -> Snapshot:

@@ -1,69 +1,56 @@
-"""Watches: kopf indices over ModelServers and nodes, and the events that trigger a reconcile."""
+"""What the informer's changes set off: ModelServers, nodes and children, each a trigger of the work queue.
+
+Every kind comes from pinserve's own list+watch (pinserve.informer), so an event costs a decode and a trimmed,
+packed copy, then one call here; kopf runs the operator (login, start-up, peering, liveness) and watches
+nothing of its own.
+"""
 
 from __future__ import annotations
 
-import logging
-from typing import Any
+from collections.abc import Iterable
 
-import kopf
-
-from pinserve.api import GROUP, PLURAL, VERSION
-from pinserve.childcache import pack, plain
+from pinserve.api import KIND
+from pinserve.childcache import Key
 from pinserve.handlers import state
 from pinserve.planning import NodeInfo, node_info
 
-log = logging.getLogger("pinserve")
 
-
-# ---- indices (kopf primes them before any handler runs) -----------------------------------------
-# ModelServers and nodes are kopf's; the children pinserve owns come from label-filtered list+watch caches
-# (pinserve.informer, started at start-up): kopf would watch every pod of the cluster and filter here.
-
-
-# Both are async, though they never await: kopf runs a sync handler in a thread pool, and the hop there and back
-# cost more than packing a ModelServer.
-@kopf.index(GROUP, VERSION, PLURAL)
-async def pinserve_modelservers(**kw: Any) -> Any:
-    # Packed (compressed JSON): a ModelServer with its status is ~15 KB of Python objects, ~1 KB packed.
-    return {(kw["namespace"], kw["name"]): pack(plain(kw["body"]))}
-
-
-@kopf.index("nodes")
-async def pinserve_nodes(**kw: Any) -> Any:
-    return {kw["name"]: node_info(kw["body"])}
-
-
-# ---- triggers --------------------------------------------------------------------------------
-
-
-@kopf.on.event(GROUP, VERSION, PLURAL)
-async def modelserver_changed(**kwargs: Any) -> None:
-    state.remember(kwargs)
-    key = (kwargs["namespace"], kwargs["name"])
-    if kwargs["event"].get("type") == "DELETED":
-        state.forget(key)
-        return  # owner references let the garbage collector remove the children
-    # Our own status write coming back (exactly the object it made) changes nothing a reconcile reads: the write
-    # was judged from the same children, and whatever changed since has triggered a reconcile of its own.
-    if state.own_status_echo(key, kwargs["body"]):
-        return
-    state.modelserver_event(key, kwargs["body"])
-
-
-@kopf.on.event("nodes")
-async def node_changed(**kwargs: Any) -> None:
-    """A node that appears, changes topology or policy may place (or re-pin) waiting ModelServers."""
-    state.remember(kwargs)
-    event, name, body = kwargs["event"], kwargs["name"], kwargs["body"]
-    info: NodeInfo | None = None if event.get("type") == "DELETED" else node_info(body)
-    previous = state.LAST_NODES.get(name)
-    if info is None:
-        state.LAST_NODES.pop(name, None)
+def changed(kind: str, keys: Iterable[Key]) -> None:
+    """The informer's ``on_change``: the objects of ``kind`` under ``keys`` changed, appeared or went."""
+    if kind == KIND:
+        modelservers_changed(keys)
+    elif kind == "Node":
+        nodes_changed(name for _, name in keys)
     else:
-        state.LAST_NODES[name] = info
-    if previous == info:
-        return  # heartbeats change nothing we plan with
+        state.children_changed(kind, keys)
+
+
+def modelservers_changed(keys: Iterable[Key]) -> None:
+    for key in keys:
+        body = state.modelserver_body(key)
+        if body is None:
+            state.forget(key)  # deleted: owner references let the garbage collector remove the children
+        elif not state.own_status_echo(key, body):
+            # Our own status write coming back (exactly the object it made) changes nothing a reconcile reads:
+            # the write was judged from the same children, and whatever changed since triggers on its own.
+            state.modelserver_event(key, body)
+
+
+def nodes_changed(names: Iterable[str]) -> None:
+    """Nodes that appear, leave, or change topology or policy may place (or re-pin) waiting ModelServers."""
+    moved = False
+    for name in names:
+        body = state.INFORMER.get("Node", "", name) if state.INFORMER is not None else None
+        info: NodeInfo | None = None if body is None else node_info(body)
+        previous = state.LAST_NODES.get(name)
+        if info is None:
+            state.LAST_NODES.pop(name, None)
+        else:
+            state.LAST_NODES[name] = info
+        moved = moved or previous != info  # a heartbeat never gets here: the store keeps what we plan with
+    if not moved:
+        return
     state.nodes_changed()
-    if previous is None and event.get("type") is None:
-        return  # the initial listing: the ModelServers are reconciled as they are listed
-    state.resync_all("Node")
+    if state.INFORMER is not None and state.INFORMER.primed.is_set():
+        state.resync_all("Node")
+    # Before that, the first listing: every ModelServer is reconciled as it is listed, once all is listed.
