@@ -162,3 +162,17 @@ async def test_modelservers_and_nodes_are_listed_unfiltered_nodes_once_for_the_c
     assert informer.get("Node", "", "n1") == {"apiVersion": "v1", "kind": "Node", **node_essentials(node)}
     assert informer.get(KIND, "a", "rfcn")["apiVersion"] == API_VERSION  # type: ignore[index]
     await informer.stop()
+
+
+async def test_the_first_listing_is_told_before_primed_is_set() -> None:
+    """What the first listing brings is part of the start: a node listed last must not look like a change
+    after it (which would re-trigger every ModelServer already triggered by theirs)."""
+    api = ScriptedApi([{"items": [dep("a", "3")], "metadata": {"resourceVersion": "7"}}], [])
+    seen: list[bool] = []
+    informer = Informer(api, lambda _kind, _keys: seen.append(informer.primed.is_set()),  # type: ignore[arg-type]
+                        stores={"Deployment": Store("Deployment")})
+    informer.start()
+    assert await informer.wait_primed(timeout=5)
+    assert seen == [False]
+    assert informer.has("Deployment", "ml", "a") and not informer.has("Deployment", "ml", "b")
+    await informer.stop()

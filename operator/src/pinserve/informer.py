@@ -70,6 +70,10 @@ class Informer:
         store = self._store(kind, namespace)
         return store.get(namespace, name) if store is not None else None
 
+    def has(self, kind: str, namespace: str, name: str) -> bool:
+        store = self._store(kind, namespace)
+        return store is not None and (namespace, name) in store.objects
+
     def keys(self, kind: str) -> list[Key]:
         """Every key the stores of ``kind`` hold objects under."""
         return [key for (k, _), store in self._streams.items() if k == kind for key in store.owners()]
@@ -122,10 +126,11 @@ class Informer:
         answer = await self.api.list_object(kind, ns, label_selector=store.selector)
         change = store.replace(answer.get("items") or [], (answer.get("metadata") or {}).get("resourceVersion"))
         self.relists += 1
+        # Told before ``primed`` is set: what the first listing brings is part of the start, not a change after it.
+        self._notify(kind, change)
         self._listed.add((kind, ns))
         if len(self._listed) == len(self._streams):
             self.primed.set()
-        self._notify(kind, change)
 
     async def _watch(self, kind: str, ns: str | None, store: Store) -> None:
         """Follow events until the stream ends (re-watch) or the store asks for a relist."""

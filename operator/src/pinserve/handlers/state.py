@@ -147,7 +147,7 @@ def children_changed(kind: str, keys: Iterable[Key]) -> None:
     these settle (SETTLE_SECONDS) into one reconcile. A change to the ModelServer itself does not wait.
     """
     for key in keys:
-        if modelserver_body(key) is not None:
+        if INFORMER is not None and INFORMER.has(KIND, key[0], key[1]):
             trigger(key, kind, settle=True)
 
 
