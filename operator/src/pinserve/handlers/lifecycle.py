@@ -64,9 +64,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
                                                                        STATUS_COALESCE_SECONDS)))
     state.SETTLE_SECONDS = float(os.environ.get("PINSERVE_SETTLE_SECONDS", state.SETTLE_SECONDS))
     _watch_loop()
+    # Peering first: a replica that does not lead must know it before the first listing triggers reconciles.
+    await _start_peering(settings, state.CONTROLLER.api, operator_settings.namespaces)
     await _start_informer(state.CONTROLLER.api, operator_settings.namespaces)
     state.RESYNC_TASK = asyncio.create_task(_resync_forever(operator_settings.resync_seconds))
-    await _start_peering(settings, state.CONTROLLER.api, operator_settings.namespaces)
     await _start_metrics(operator_settings)
     stats_file = os.environ.get("PINSERVE_STATS_FILE")
     if stats_file:
