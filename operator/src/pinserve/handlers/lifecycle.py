@@ -133,7 +133,7 @@ async def _start_metrics(settings: Settings) -> None:
 
 
 async def _resync_forever(interval: int) -> None:
-    """Level-based safety net: re-evaluate, from the indices (no API reads), each ModelServer that nothing has
+    """Level-based safety net: re-evaluate, from the caches (no API reads), each ModelServer that nothing has
     reconciled for ``interval`` seconds. Checked every sixth of it, so each is re-evaluated 1 to 1 1/6
     intervals after its last reconcile."""
     while True:
